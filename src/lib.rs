@@ -1,0 +1,9 @@
+//! Palisade: a zero-trust service-mesh security control plane for Kubernetes.
+//!
+//! The crate is one library with thin binaries on top. Modules follow the architecture:
+//! `api` (CRD types), `policy` (pure policy engine), `cli` (subcommands).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod api;
+pub mod cli;
