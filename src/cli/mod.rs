@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod crds;
+
 /// Palisade: zero-trust service-mesh security for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(name = "palisade", version, about, long_about = None)]
@@ -14,10 +16,33 @@ pub struct Cli {
 
 /// The subcommands; each lives in its own module with an `Args` struct and a `run` function.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Print the CustomResourceDefinition manifests (the source of `crds/`).
+    Crds(crds::Args),
+}
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
+    init_tracing();
     let cli = Cli::parse();
-    match cli.command {}
+    let outcome = match cli.command {
+        Command::Crds(args) => crds::run(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays machine-readable.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
