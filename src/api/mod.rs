@@ -7,6 +7,7 @@
 
 pub mod crd;
 pub mod destination_rule;
+pub mod manifest;
 pub mod peer_authentication;
 pub mod status;
 pub mod traffic_policy;

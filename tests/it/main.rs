@@ -1,1 +1,4 @@
+//! Integration tests: one binary with modules, to keep link time down.
 
+mod crds;
+mod support;

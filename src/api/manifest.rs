@@ -1,0 +1,620 @@
+//! Reading policy objects (and the workloads and services they apply to) from YAML manifests:
+//! the same files a user would `kubectl apply`.
+//!
+//! Used by `palisade policy explain` and by the standalone control plane's config directory.
+//! Istio `apiVersion`s (`security.istio.io/*`, `networking.istio.io/*`) are accepted as the same
+//! kinds. Objects of other kinds are skipped and listed, so the caller can say so. Objects
+//! without `metadata.creationTimestamp` count as created in input order (earlier = older).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{PodSpec, Service};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{DestinationRuleSpec, PeerAuthenticationSpec};
+use crate::policy::{
+    Policy, PolicyMeta, ServiceInfo, ServicePortInfo, TargetPort, Workload, WorkloadPort,
+};
+
+/// Largest manifest file read (bytes).
+pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+/// Most files read from the given paths (directories are walked recursively).
+pub const MAX_FILES: usize = 10_000;
+/// Most objects read in total.
+pub const MAX_OBJECTS: usize = 100_000;
+
+/// Everything read from a set of manifests.
+#[derive(Clone, Debug, Default)]
+pub struct Manifests {
+    /// PeerAuthentication objects, in input order.
+    pub peer_authentications: Vec<Policy<PeerAuthenticationSpec>>,
+    /// DestinationRule objects, in input order.
+    pub destination_rules: Vec<Policy<DestinationRuleSpec>>,
+    /// Workloads found in Pods and pod templates (Deployment, StatefulSet, ...).
+    pub workloads: Vec<Workload>,
+    /// Services.
+    pub services: Vec<ServiceInfo>,
+    /// Objects of kinds that carry no policy, skipped.
+    pub skipped: Vec<Skipped>,
+    next_seq: u64,
+}
+
+/// An object that was skipped because its kind carries no policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where it was.
+    pub location: Location,
+    /// Its `apiVersion`.
+    pub api_version: String,
+    /// Its `kind`.
+    pub kind: String,
+    /// Its `metadata.name`, if any.
+    pub name: String,
+}
+
+/// A document in a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file.
+    pub document: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, document {}", self.file.display(), self.document)
+    }
+}
+
+/// Why manifests could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// A path could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file is larger than [`MAX_FILE_BYTES`].
+    #[error("{path}: file is larger than {limit} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+    /// More files or objects than the limits allow.
+    #[error("too many {what} (limit {limit})")]
+    TooMany {
+        /// Files or objects.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// The file is not valid YAML.
+    #[error("{path}: invalid YAML: {message}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A document is YAML but not a valid object of its kind.
+    #[error("{0}")]
+    Invalid(Box<InvalidObject>),
+}
+
+/// Where and why one object is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {kind} `{name}`: field `{field}`: {message}")]
+pub struct InvalidObject {
+    /// Where.
+    pub location: Location,
+    /// The object's kind.
+    pub kind: String,
+    /// The object's name (may be empty).
+    pub name: String,
+    /// JSON path of the offending field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Which policy kind a document is, judged by `apiVersion` group and `kind`.
+enum DocKind {
+    PeerAuthentication,
+    DestinationRule,
+    Service,
+    Pod,
+    PodTemplate,
+    List,
+    Other,
+}
+
+fn classify(api_version: &str, kind: &str) -> DocKind {
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    match (group, kind) {
+        (super::SECURITY_GROUP | super::ISTIO_SECURITY_GROUP, "PeerAuthentication") => {
+            DocKind::PeerAuthentication
+        }
+        (super::NETWORKING_GROUP | super::ISTIO_NETWORKING_GROUP, "DestinationRule") => {
+            DocKind::DestinationRule
+        }
+        ("", "Service") => DocKind::Service,
+        ("", "Pod") => DocKind::Pod,
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") | ("batch", "Job") => {
+            DocKind::PodTemplate
+        }
+        ("", "List") => DocKind::List,
+        _ => DocKind::Other,
+    }
+}
+
+impl Manifests {
+    /// Reads every `.yaml`/`.yml`/`.json` file under `paths` (files, or directories walked
+    /// recursively in name order).
+    pub fn load(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
+        let mut files = Vec::new();
+        for path in paths {
+            collect_files(path, &mut files)?;
+        }
+        let mut manifests = Manifests::default();
+        for file in files {
+            let text = read_bounded(&file)?;
+            manifests.add_str(&text, &file)?;
+        }
+        Ok(manifests)
+    }
+
+    /// Adds the objects of one multi-document YAML text; `origin` names it in errors.
+    pub fn add_str(&mut self, text: &str, origin: &Path) -> Result<(), ManifestError> {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml {
+                path: origin.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        for (index, doc) in docs.into_iter().enumerate() {
+            let location = Location {
+                file: origin.to_path_buf(),
+                document: index + 1,
+            };
+            self.add_value(doc, &location)?;
+        }
+        Ok(())
+    }
+
+    fn add_value(&mut self, doc: Value, location: &Location) -> Result<(), ManifestError> {
+        if doc.is_null() {
+            return Ok(()); // an empty document, e.g. after a trailing `---`
+        }
+        let object_count = self.peer_authentications.len()
+            + self.destination_rules.len()
+            + self.workloads.len()
+            + self.services.len()
+            + self.skipped.len();
+        if object_count >= MAX_OBJECTS {
+            return Err(ManifestError::TooMany {
+                what: "objects",
+                limit: MAX_OBJECTS,
+            });
+        }
+        let api_version = string_at(&doc, "apiVersion");
+        let kind = string_at(&doc, "kind");
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let invalid = |field: &str, message: String| {
+            ManifestError::Invalid(Box::new(InvalidObject {
+                location: location.clone(),
+                kind: kind.clone(),
+                name: name.clone(),
+                field: field.to_string(),
+                message,
+            }))
+        };
+        if !doc.is_object() {
+            return Err(invalid(
+                "",
+                "a document must be a mapping (an object)".into(),
+            ));
+        }
+        if api_version.is_empty() {
+            return Err(invalid("apiVersion", "missing".into()));
+        }
+        if kind.is_empty() {
+            return Err(invalid("kind", "missing".into()));
+        }
+        match classify(&api_version, &kind) {
+            DocKind::PeerAuthentication => {
+                let policy = self.policy_from(&doc, location, &invalid)?;
+                self.peer_authentications.push(policy);
+            }
+            DocKind::DestinationRule => {
+                let policy: Policy<DestinationRuleSpec> =
+                    self.policy_from(&doc, location, &invalid)?;
+                if policy.spec.host.is_empty() {
+                    return Err(invalid(
+                        "spec.host",
+                        "required and must not be empty".into(),
+                    ));
+                }
+                self.destination_rules.push(policy);
+            }
+            DocKind::Service => {
+                let service: Service = typed(&doc, "", false).map_err(|(f, m)| invalid(&f, m))?;
+                self.services
+                    .push(service_info(&service, &namespace_of(&doc)));
+            }
+            DocKind::Pod => {
+                let spec: PodSpec = typed(doc.get("spec").unwrap_or(&Value::Null), "spec", false)
+                    .map_err(|(f, m)| invalid(&f, m))?;
+                let labels = labels_at(&doc, "/metadata/labels");
+                self.workloads
+                    .push(workload(&namespace_of(&doc), &name, labels, &spec));
+            }
+            DocKind::PodTemplate => {
+                let template = doc.pointer("/spec/template").unwrap_or(&Value::Null);
+                let spec: PodSpec = typed(
+                    template.get("spec").unwrap_or(&Value::Null),
+                    "spec.template.spec",
+                    false,
+                )
+                .map_err(|(f, m)| invalid(&f, m))?;
+                let labels = labels_at(&doc, "/spec/template/metadata/labels");
+                self.workloads
+                    .push(workload(&namespace_of(&doc), &name, labels, &spec));
+            }
+            DocKind::List => {
+                let items = match doc.get("items") {
+                    Some(Value::Array(items)) => items.clone(),
+                    _ => return Err(invalid("items", "a List needs an items array".into())),
+                };
+                for item in items {
+                    self.add_value(item, location)?;
+                }
+            }
+            DocKind::Other => self.skipped.push(Skipped {
+                location: location.clone(),
+                api_version,
+                kind,
+                name,
+            }),
+        }
+        Ok(())
+    }
+
+    fn policy_from<S: DeserializeOwned>(
+        &mut self,
+        doc: &Value,
+        _location: &Location,
+        invalid: &dyn Fn(&str, String) -> ManifestError,
+    ) -> Result<Policy<S>, ManifestError> {
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if name.is_empty() {
+            return Err(invalid("metadata.name", "required".into()));
+        }
+        let creation_timestamp = match doc.pointer("/metadata/creationTimestamp") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.parse::<Timestamp>().map_err(|e| {
+                invalid(
+                    "metadata.creationTimestamp",
+                    format!("not an RFC 3339 time: {e}"),
+                )
+            })?),
+            Some(_) => {
+                return Err(invalid(
+                    "metadata.creationTimestamp",
+                    "not an RFC 3339 time string".into(),
+                ));
+            }
+        };
+        let spec_value = doc
+            .get("spec")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
+        let spec: S = typed(&spec_value, "spec", true).map_err(|(f, m)| invalid(&f, m))?;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(Policy {
+            meta: PolicyMeta {
+                namespace: namespace_of(doc),
+                name: name.to_string(),
+                creation_timestamp,
+                seq,
+            },
+            spec,
+        })
+    }
+}
+
+/// Deserializes `value` as `T`, naming the failing field (prefixed with `prefix`). With
+/// `strict`, fields the type does not know are an error, as `kubectl apply` would say.
+fn typed<T: DeserializeOwned>(
+    value: &Value,
+    prefix: &str,
+    strict: bool,
+) -> Result<T, (String, String)> {
+    let join = |path: String| -> String {
+        match (prefix.is_empty(), path.is_empty() || path == ".") {
+            (true, _) => path,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{path}"),
+        }
+    };
+    let parsed: T = serde_path_to_error::deserialize(value.clone())
+        .map_err(|e| (join(e.path().to_string()), e.inner().to_string()))?;
+    if strict {
+        let mut unknown = Vec::new();
+        let _: Result<T, _> = serde_ignored::deserialize(value.clone(), |path| {
+            unknown.push(path.to_string());
+        });
+        if let Some(first) = unknown.first() {
+            return Err((join(first.clone()), "unknown field".to_string()));
+        }
+    }
+    Ok(parsed)
+}
+
+fn string_at(doc: &Value, key: &str) -> String {
+    doc.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn namespace_of(doc: &Value) -> String {
+    doc.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or("default")
+        .to_string()
+}
+
+fn labels_at(doc: &Value, pointer: &str) -> BTreeMap<String, String> {
+    doc.pointer(pointer)
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn workload(
+    namespace: &str,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    spec: &PodSpec,
+) -> Workload {
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(WorkloadPort {
+                name: p.name.clone(),
+                port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect();
+    Workload {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        labels,
+        service_account: spec
+            .service_account_name
+            .clone()
+            .filter(|sa| !sa.is_empty())
+            .unwrap_or_else(|| "default".to_string()),
+        ports,
+    }
+}
+
+fn service_info(service: &Service, namespace: &str) -> ServiceInfo {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let spec = service.spec.clone().unwrap_or_default();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok()?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
+                Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                    Ok(n) => TargetPort::Number(n),
+                    Err(_) => TargetPort::Name(s.clone()),
+                },
+            };
+            Some(ServicePortInfo {
+                name: p.name.clone(),
+                port,
+                target_port,
+            })
+        })
+        .collect();
+    ServiceInfo {
+        namespace: namespace.to_string(),
+        name: service.metadata.name.clone().unwrap_or_default(),
+        selector: spec.selector.unwrap_or_default(),
+        ports,
+    }
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
+    let io = |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        if files.len() >= MAX_FILES {
+            return Err(ManifestError::TooMany {
+                what: "files",
+                limit: MAX_FILES,
+            });
+        }
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(io)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort();
+    for entry in entries {
+        let is_manifest = entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        let hidden = entry
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() || is_manifest {
+            collect_files(&entry, files)?;
+        }
+    }
+    Ok(())
+}
+
+fn read_bounded(path: &Path) -> Result<String, ManifestError> {
+    let io = |source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut text = String::new();
+    let read = file
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if read as u64 > MAX_FILE_BYTES {
+        return Err(ManifestError::TooLarge {
+            path: path.to_path_buf(),
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MtlsMode;
+
+    fn parse(text: &str) -> Result<Manifests, ManifestError> {
+        let mut m = Manifests::default();
+        m.add_str(text, Path::new("test.yaml"))?;
+        Ok(m)
+    }
+
+    #[test]
+    fn reads_istio_and_palisade_kinds_and_skips_others() {
+        let m = parse(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: a, namespace: foo}\nspec:\n  mtls: {mode: STRICT}\n  selector: {matchLabels: {app: x}}\n  portLevelMtls:\n    8080: {mode: DISABLE}\n---\napiVersion: networking.palisade.dev/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n",
+        )
+        .expect("parses");
+        assert_eq!(m.peer_authentications.len(), 1);
+        let pa = &m.peer_authentications[0];
+        assert_eq!(pa.meta.namespace, "foo");
+        assert_eq!(pa.spec.port_level_mtls[&8080].mode, Some(MtlsMode::Disable));
+        assert_eq!(m.destination_rules[0].meta.namespace, "default");
+        assert_eq!(m.destination_rules[0].meta.seq, 1);
+        assert_eq!(m.skipped.len(), 1);
+        assert_eq!(m.skipped[0].kind, "ConfigMap");
+    }
+
+    #[test]
+    fn errors_name_document_and_field() {
+        let err = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\napiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {name: bad}\nspec:\n  mtls: {mode: STRICTLY}\n",
+        )
+        .expect_err("invalid mode");
+        let text = err.to_string();
+        assert!(text.contains("document 2"), "{text}");
+        assert!(text.contains("spec.mtls.mode"), "{text}");
+        assert!(text.contains("STRICTLY"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = parse(
+            "apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {name: typo}\nspec:\n  mtsl: {mode: STRICT}\n",
+        )
+        .expect_err("typo");
+        assert!(err.to_string().contains("spec.mtsl"), "{err}");
+    }
+
+    #[test]
+    fn bad_port_key_is_an_error() {
+        let err = parse(
+            "apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  selector: {matchLabels: {a: b}}\n  portLevelMtls:\n    http: {mode: STRICT}\n",
+        )
+        .expect_err("non-numeric port");
+        assert!(err.to_string().contains("portLevelMtls"), "{err}");
+    }
+
+    #[test]
+    fn missing_name_host_and_bad_yaml_are_errors() {
+        assert!(
+            parse("apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nspec: {}\n")
+                .is_err()
+        );
+        assert!(parse("apiVersion: networking.palisade.dev/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {}\n").is_err());
+        assert!(matches!(parse("a: [b\n"), Err(ManifestError::Yaml { .. })));
+        assert!(parse("- just\n- a list\n").is_err());
+    }
+
+    #[test]
+    fn creation_timestamps_are_parsed() {
+        let m = parse("apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {name: p, creationTimestamp: '2024-01-02T03:04:05Z'}\nspec: {}\n").expect("parses");
+        assert!(m.peer_authentications[0].meta.creation_timestamp.is_some());
+        assert!(parse("apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {name: p, creationTimestamp: yesterday}\nspec: {}\n").is_err());
+    }
+
+    #[test]
+    fn workloads_and_services_feed_the_inventory() {
+        let m = parse(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      serviceAccountName: web-sa\n      containers:\n      - name: web\n        image: nginx\n        ports: [{name: http, containerPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p, labels: {app: p}}\n  spec: {containers: [{name: c, image: i}]}\n",
+        )
+        .expect("parses");
+        assert_eq!(m.workloads.len(), 2);
+        assert_eq!(m.workloads[0].service_account, "web-sa");
+        assert_eq!(m.workloads[0].ports[0].port, 8080);
+        assert_eq!(m.workloads[1].service_account, "default");
+        assert_eq!(
+            m.services[0].ports[0].target_port,
+            TargetPort::Name("http".into())
+        );
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, vec![b'#'; (MAX_FILE_BYTES + 1) as usize]).expect("write");
+        assert!(matches!(
+            Manifests::load(&[path]),
+            Err(ManifestError::TooLarge { .. })
+        ));
+    }
+}

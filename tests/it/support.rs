@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file under `tests/fixtures`.
+pub fn fixture(relative: &str) -> PathBuf {
+    repo_root().join("tests/fixtures").join(relative)
+}
+
+/// Every YAML document of a file, as JSON values.
+pub fn yaml_documents(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("fixture is readable");
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("fixture is valid YAML")
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Switches an Istio `apiVersion` to Palisade's group, as a user migrating would.
+pub fn to_palisade_api(mut doc: Value) -> Value {
+    let api = doc["apiVersion"].as_str().unwrap_or_default().to_string();
+    let switched = api
+        .replace("security.istio.io/", "security.palisade.dev/")
+        .replace("networking.istio.io/", "networking.palisade.dev/");
+    doc["apiVersion"] = Value::String(switched);
+    doc
+}
