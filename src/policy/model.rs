@@ -1,6 +1,7 @@
 //! Plain input and output data of the policy engine: no Kubernetes client, no I/O.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -278,6 +279,12 @@ pub enum DiagnosticKind {
         /// JSON path of the field.
         field: String,
     },
+    /// A lookup asked for a subset that the rule (after merging) does not define; the subset's
+    /// policy is ignored and all endpoints of the service are used.
+    UnknownSubset {
+        /// The subset name asked for.
+        subset: String,
+    },
 }
 
 /// One finding about one object.
@@ -353,4 +360,44 @@ pub struct OutboundDecision {
     pub endpoints: Vec<EndpointDecision>,
     /// Findings about this lookup (unknown subset, ...) and the rules involved.
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// The inbound decision of one workload of the inventory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkloadInbound {
+    /// Workload namespace.
+    pub namespace: Arc<str>,
+    /// Workload name.
+    pub workload: Arc<str>,
+    /// The decision (shared between workloads that resolve identically).
+    pub decision: Arc<InboundDecision>,
+}
+
+/// The outbound decision of clients in one namespace for one port of one service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceOutbound {
+    /// Namespace of the clients.
+    pub client_namespace: Arc<str>,
+    /// Namespace of the service.
+    pub service_namespace: Arc<str>,
+    /// Name of the service.
+    pub service: Arc<str>,
+    /// The service port clients dial.
+    pub port: u16,
+    /// The decision (shared between client namespaces that resolve to the same rules).
+    pub decision: Arc<OutboundDecision>,
+}
+
+/// Whole-mesh resolution: what [`crate::policy::PolicyEngine::resolve_all`] returns.
+///
+/// Outbound entries are for clients without labels, so `workloadSelector` rules (which need
+/// the client's labels) are not among them; ask [`crate::policy::PolicyEngine::outbound`] for a
+/// particular client.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MeshResolution {
+    /// One entry per workload of the input, in input order.
+    pub inbound: Vec<WorkloadInbound>,
+    /// One entry per (client namespace, service, service port), for every namespace that has
+    /// workloads, ordered by client namespace, then by the input order of services and ports.
+    pub outbound: Vec<ServiceOutbound>,
 }

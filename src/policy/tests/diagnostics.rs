@@ -1,0 +1,322 @@
+//! Object-level diagnostics: every kind, its severity and field path, and the ordering.
+
+use serde_json::json;
+
+use super::*;
+
+const ROOT: &str = "palisade-system";
+
+fn invalid(field: &str) -> DiagnosticKind {
+    DiagnosticKind::Invalid {
+        field: field.into(),
+    }
+}
+
+fn not_enforced(field: &str) -> DiagnosticKind {
+    DiagnosticKind::NotEnforced {
+        field: field.into(),
+    }
+}
+
+fn mesh() -> Mesh {
+    Mesh::new()
+        .workload("default", "web", "web", &[("app", "web")], &[])
+        .pa(ROOT, "mesh-old", Some(1), json!({"mtls": {"mode": "STRICT"}}))
+        .pa(ROOT, "mesh-new", Some(2), json!({"mtls": {"mode": "PERMISSIVE"}}))
+        .pa(ROOT, "root-selector", Some(3), json!({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"}}))
+        .pa("default", "ns-old", Some(1), json!({"mtls": {"mode": "STRICT"}}))
+        .pa("default", "ns-new", Some(2), json!({"mtls": {"mode": "DISABLE"}, "portLevelMtls": {"80": {"mode": "STRICT"}}}))
+        .pa("default", "wl-old", Some(1), json!({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"}}))
+        .pa(
+            "default",
+            "wl-new",
+            Some(2),
+            json!({"selector": {"matchLabels": {"app": "web"}}, "portLevelMtls": {"0": {"mode": "STRICT"}, "8080": {"mode": "DISABLE"}}}),
+        )
+        .pa("default", "wl-none", Some(3), json!({"selector": {"matchLabels": {"app": "nothing"}}, "mtls": {"mode": "STRICT"}}))
+        .dr(
+            "default",
+            "first",
+            Some(1),
+            json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}, "loadBalancer": {"simple": "RANDOM"}},
+                   "subsets": [{"name": "v1", "labels": {"version": "v1"}}]}),
+        )
+        .dr(
+            "default",
+            "second",
+            Some(2),
+            json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "SIMPLE"}},
+                   "subsets": [{"name": "v1"}, {"name": "v2", "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}}}}]}),
+        )
+        .dr("default", "third", Some(3), json!({"host": "reviews", "exportTo": ["."]}))
+        .dr(
+            "default",
+            "kitchen-sink",
+            Some(4),
+            json!({"host": "ratings",
+                   "trafficPolicy": {
+                       "outlierDetection": {"interval": "1s"}, "tunnel": {"targetHost": "x", "targetPort": 1},
+                       "proxyProtocol": {"version": "V1"}, "retryBudget": {"percent": 5.0}, "connectionPool": {},
+                       "tls": {"mode": "MUTUAL"},
+                       "portLevelSettings": [
+                           {"port": {"number": 0}, "outlierDetection": {}, "loadBalancer": {}, "connectionPool": {}},
+                           {"port": {"number": 81}, "tls": {"mode": "MUTUAL", "credentialName": "c", "clientCertificate": "/c"}}
+                       ]},
+                   "subsets": [
+                       {"name": "a", "trafficPolicy": {"tls": {"mode": "SIMPLE", "insecureSkipVerify": true, "subjectAltNames": ["x"]}}},
+                       {"name": "a"}
+                   ]}),
+        )
+        .dr(
+            "default",
+            "selected",
+            Some(5),
+            json!({"host": "ratings", "workloadSelector": {"matchLabels": {"app": "nothing"}}, "exportTo": ["*"]}),
+        )
+        .dr("default", "selected-ok", Some(6), json!({"host": "ratings", "workloadSelector": {"matchLabels": {"app": "web"}}, "exportTo": ["."]}))
+        .dr("default", "empty-host", Some(7), json!({"host": ""}))
+}
+
+#[test]
+fn every_kind_is_reported_with_its_severity() {
+    let engine = mesh().complete().engine();
+    let all = engine.diagnostics();
+    let expect: Vec<(ObjectRef, Severity, DiagnosticKind)> = vec![
+        (
+            pa_ref(ROOT, "mesh-new"),
+            Severity::Warning,
+            DiagnosticKind::Conflict {
+                winner: pa_ref(ROOT, "mesh-old"),
+            },
+        ),
+        (
+            pa_ref(ROOT, "root-selector"),
+            Severity::Warning,
+            DiagnosticKind::RootNamespaceSelector,
+        ),
+        (
+            pa_ref("default", "ns-new"),
+            Severity::Warning,
+            DiagnosticKind::Conflict {
+                winner: pa_ref("default", "ns-old"),
+            },
+        ),
+        (
+            pa_ref("default", "ns-new"),
+            Severity::Error,
+            invalid("spec.portLevelMtls"),
+        ),
+        (
+            pa_ref("default", "wl-new"),
+            Severity::Warning,
+            DiagnosticKind::Conflict {
+                winner: pa_ref("default", "wl-old"),
+            },
+        ),
+        (
+            pa_ref("default", "wl-new"),
+            Severity::Error,
+            invalid("spec.portLevelMtls"),
+        ),
+        (
+            pa_ref("default", "wl-none"),
+            Severity::Warning,
+            DiagnosticKind::SelectsNothing,
+        ),
+        (
+            dr_ref("default", "first"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.loadBalancer"),
+        ),
+        (
+            dr_ref("default", "second"),
+            Severity::Warning,
+            DiagnosticKind::MergeDropped {
+                into: dr_ref("default", "first"),
+                what: "trafficPolicy".into(),
+            },
+        ),
+        (
+            dr_ref("default", "second"),
+            Severity::Warning,
+            DiagnosticKind::MergeDropped {
+                into: dr_ref("default", "first"),
+                what: "subset v1".into(),
+            },
+        ),
+        (
+            dr_ref("default", "second"),
+            Severity::Info,
+            not_enforced("spec.subsets[1].trafficPolicy.connectionPool"),
+        ),
+        (
+            dr_ref("default", "third"),
+            Severity::Warning,
+            DiagnosticKind::NotMerged {
+                used: dr_ref("default", "first"),
+            },
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.outlierDetection"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.tunnel"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.proxyProtocol"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.retryBudget"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.connectionPool"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.portLevelSettings[0].outlierDetection"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.portLevelSettings[0].loadBalancer"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Info,
+            not_enforced("spec.trafficPolicy.portLevelSettings[0].connectionPool"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Error,
+            invalid("spec.trafficPolicy.portLevelSettings[0].port.number"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Error,
+            invalid("spec.trafficPolicy.tls.mode"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Error,
+            invalid("spec.trafficPolicy.portLevelSettings[1].tls.credentialName"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Error,
+            invalid("spec.subsets[0].trafficPolicy.tls.insecureSkipVerify"),
+        ),
+        (
+            dr_ref("default", "kitchen-sink"),
+            Severity::Error,
+            invalid("spec.subsets[1].name"),
+        ),
+        (
+            dr_ref("default", "selected"),
+            Severity::Info,
+            not_enforced("spec.exportTo"),
+        ),
+        (
+            dr_ref("default", "selected"),
+            Severity::Warning,
+            DiagnosticKind::SelectsNothing,
+        ),
+        (
+            dr_ref("default", "empty-host"),
+            Severity::Error,
+            invalid("spec.host"),
+        ),
+    ];
+    for (object, severity, kind) in &expect {
+        let found = all
+            .iter()
+            .any(|d| &d.object == object && &d.severity == severity && &d.kind == kind);
+        assert!(
+            found,
+            "missing {object} {severity:?} {kind:?}\nall: {all:#?}"
+        );
+    }
+    assert_eq!(
+        all.len(),
+        expect.len(),
+        "unexpected extra diagnostics: {all:#?}"
+    );
+    // Nothing about the winners or the rule that selects an existing workload.
+    for clean in [
+        pa_ref(ROOT, "mesh-old"),
+        pa_ref("default", "ns-old"),
+        pa_ref("default", "wl-old"),
+        dr_ref("default", "selected-ok"),
+    ] {
+        assert!(kinds_of(all, &clean).is_empty(), "{clean}");
+    }
+}
+
+#[test]
+fn diagnostics_are_sorted_by_object_then_message() {
+    let engine = mesh().complete().engine();
+    let all = engine.diagnostics();
+    assert!(all.len() > 10);
+    for pair in all.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(
+            (&a.object, &a.message) <= (&b.object, &b.message),
+            "{a:?} before {b:?}"
+        );
+    }
+}
+
+#[test]
+fn selects_nothing_needs_a_complete_inventory() {
+    let engine = mesh().engine();
+    assert!(
+        engine
+            .diagnostics()
+            .iter()
+            .all(|d| d.kind != DiagnosticKind::SelectsNothing)
+    );
+    let complete = mesh().complete().engine();
+    assert_eq!(
+        complete
+            .diagnostics()
+            .iter()
+            .filter(|d| d.kind == DiagnosticKind::SelectsNothing)
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn outbound_decision_carries_the_findings_of_the_rules_used() {
+    let engine = mesh().engine();
+    let got = engine.outbound(
+        &Client {
+            namespace: "frontend".into(),
+            labels: BTreeMap::new(),
+        },
+        "ratings.default.svc.cluster.local",
+        81,
+        None,
+    );
+    assert_eq!(got.rule, Some(dr_ref("default", "kitchen-sink")));
+    assert!(
+        got.diagnostics.iter().any(
+            |d| d.kind == invalid("spec.trafficPolicy.portLevelSettings[1].tls.credentialName")
+        )
+    );
+    // The MUTUAL settings are passed on as written (the CRD would have rejected them).
+    assert_eq!(
+        got.tls.and_then(|t| t.credential_name),
+        Some("c".to_string())
+    );
+}
