@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod crds;
+pub mod policy;
 
 /// Palisade: zero-trust service-mesh security for Kubernetes.
 #[derive(Debug, Parser)]
@@ -19,6 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinition manifests (the source of `crds/`).
     Crds(crds::Args),
+    /// Offline policy tools: `palisade policy explain inbound|outbound`.
+    Policy(policy::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -27,6 +30,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Crds(args) => crds::run(args),
+        Command::Policy(args) => policy::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

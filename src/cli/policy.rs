@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 use crate::api::manifest::Manifests;
 use crate::api::{ClientTlsSettings, MtlsMode};
 use crate::policy::{
-    Client, Diagnostic, InboundDecision, MeshConfig, MeshInput, OutboundDecision,
-    PolicyEngine,
+    Client, Diagnostic, InboundDecision, MeshConfig, MeshInput, OutboundDecision, PolicyEngine,
 };
 
 /// Policy tools.
@@ -282,7 +281,12 @@ fn inbound_text(
         out.push_str("  nothing: no policy applies, so the default PERMISSIVE holds\n");
     }
     for d in &decision.decided_by {
-        let _ = writeln!(out, "  {:<9} {}", format!("{:?}", d.scope).to_lowercase(), d.object);
+        let _ = writeln!(
+            out,
+            "  {:<9} {}",
+            format!("{:?}", d.scope).to_lowercase(),
+            d.object
+        );
     }
     diagnostics_text(&mut out, &decision.diagnostics, notes);
     out
@@ -310,7 +314,10 @@ fn outbound_text(args: &OutboundArgs, decision: &OutboundDecision, notes: &[Stri
                 ("caCertificates", tls.ca_certificates.clone()),
                 ("credentialName", tls.credential_name.clone()),
                 ("caCrl", tls.ca_crl.clone()),
-                ("insecureSkipVerify", tls.insecure_skip_verify.map(|b| b.to_string())),
+                (
+                    "insecureSkipVerify",
+                    tls.insecure_skip_verify.map(|b| b.to_string()),
+                ),
             ];
             for (name, value) in fields {
                 if let Some(value) = value {
@@ -318,7 +325,11 @@ fn outbound_text(args: &OutboundArgs, decision: &OutboundDecision, notes: &[Stri
                 }
             }
             if !tls.subject_alt_names.is_empty() {
-                let _ = writeln!(out, "  subjectAltNames: {}", tls.subject_alt_names.join(", "));
+                let _ = writeln!(
+                    out,
+                    "  subjectAltNames: {}",
+                    tls.subject_alt_names.join(", ")
+                );
             }
         }
         None => {

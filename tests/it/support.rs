@@ -33,3 +33,22 @@ pub fn to_palisade_api(mut doc: Value) -> Value {
     doc["apiVersion"] = Value::String(switched);
     doc
 }
+
+/// Path of the built `palisade` binary.
+pub fn palisade_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_palisade"))
+}
+
+/// Runs the `palisade` binary; returns (success, stdout, stderr).
+pub fn palisade(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(palisade_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("palisade binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
