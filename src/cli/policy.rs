@@ -1,7 +1,7 @@
 //! `palisade policy explain`: offline "what-if" over manifests — which policy applies to a
 //! workload or a destination, and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -88,7 +88,8 @@ pub struct InboundArgs {
 pub struct OutboundArgs {
     #[command(flatten)]
     pub common: Common,
-    /// The destination host as the client names it (short names expand with `--namespace`).
+    /// The destination host as the client dials it: a short name expands with `--namespace`;
+    /// `svc.ns.svc`, and `svc.ns` for a Service in the manifests, expand like cluster DNS.
     #[arg(long, value_name = "HOST")]
     pub host: String,
     /// The service port the client dials.
@@ -128,7 +129,14 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
-fn engine(common: &Common) -> anyhow::Result<(PolicyEngine, Vec<String>)> {
+/// Manifests read and indexed.
+struct Loaded {
+    engine: PolicyEngine,
+    notes: Vec<String>,
+    services: BTreeSet<(String, String)>,
+}
+
+fn load(common: &Common) -> anyhow::Result<Loaded> {
     let manifests = Manifests::load(&common.manifests).context("reading manifests")?;
     let notes = manifests
         .skipped
@@ -153,30 +161,60 @@ fn engine(common: &Common) -> anyhow::Result<(PolicyEngine, Vec<String>)> {
         services: manifests.services,
         inventory_complete: false,
     };
-    Ok((PolicyEngine::new(input), notes))
+    let services = input
+        .services
+        .iter()
+        .map(|s| (s.name.clone(), s.namespace.clone()))
+        .collect();
+    Ok(Loaded {
+        engine: PolicyEngine::new(input),
+        notes,
+        services,
+    })
+}
+
+/// Expands what a client dials the way cluster DNS would: `svc.ns.svc` always, and `svc.ns`
+/// when the manifests define that Service (otherwise `a.b` may well be an external name).
+fn dialed_host(loaded: &Loaded, host: &str) -> String {
+    let suffix = &loaded.engine.config().domain_suffix;
+    let parts: Vec<&str> = host.split('.').collect();
+    match parts.as_slice() {
+        [name, ns, "svc"] => format!("{name}.{ns}.svc.{suffix}"),
+        [name, ns]
+            if loaded
+                .services
+                .contains(&(name.to_string(), ns.to_string())) =>
+        {
+            format!("{name}.{ns}.svc.{suffix}")
+        }
+        _ => host.to_string(),
+    }
 }
 
 fn explain_inbound(args: &InboundArgs) -> anyhow::Result<String> {
     let labels = parse_labels(&args.labels)?;
-    let (engine, notes) = engine(&args.common)?;
-    let decision = engine.inbound(&args.common.namespace, &labels);
+    let loaded = load(&args.common)?;
+    let decision = loaded.engine.inbound(&args.common.namespace, &labels);
     Ok(match args.common.output {
         Output::Json => format!("{:#}\n", inbound_json(&decision, args.port)),
-        Output::Text => inbound_text(args, &labels, &decision, &notes),
+        Output::Text => inbound_text(args, &labels, &decision, &loaded.notes),
     })
 }
 
 fn explain_outbound(args: &OutboundArgs) -> anyhow::Result<String> {
     let labels = parse_labels(&args.labels)?;
-    let (engine, notes) = engine(&args.common)?;
+    let loaded = load(&args.common)?;
     let client = Client {
         namespace: args.common.namespace.clone(),
         labels,
     };
-    let decision = engine.outbound(&client, &args.host, args.port, args.subset.as_deref());
+    let host = dialed_host(&loaded, &args.host);
+    let decision = loaded
+        .engine
+        .outbound(&client, &host, args.port, args.subset.as_deref());
     Ok(match args.common.output {
         Output::Json => format!("{:#}\n", outbound_json(&decision)),
-        Output::Text => outbound_text(args, &decision, &notes),
+        Output::Text => outbound_text(args, &decision, &loaded.notes),
     })
 }
 

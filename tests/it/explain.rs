@@ -266,3 +266,67 @@ fn skipped_kinds_are_noted() {
     assert!(ok, "{err}");
     assert!(out.contains("skipped v1 ConfigMap `cm`"), "{out}");
 }
+
+const SHOP: &str = "examples/shop";
+
+fn shop(ns: &str, host: &str, port: &str, subset: Option<&str>) -> Value {
+    let mut args = vec![
+        "policy",
+        "explain",
+        "outbound",
+        "--manifests",
+        SHOP,
+        "--namespace",
+        ns,
+        "--host",
+        host,
+        "--port",
+        port,
+    ];
+    if let Some(s) = subset {
+        args.extend(["--subset", s]);
+    }
+    json_of(&args)
+}
+
+#[test]
+fn dialed_service_names_expand_like_cluster_dns() {
+    for host in [
+        "payments.shop",
+        "payments.shop.svc",
+        "payments.shop.svc.cluster.local",
+    ] {
+        let v = shop("web", host, "80", Some("v2"));
+        assert_eq!(v["host"], "payments.shop.svc.cluster.local", "{host}");
+        assert_eq!(v["tls"]["mode"], "ISTIO_MUTUAL", "{host}");
+        assert_eq!(
+            v["expectedIdentities"],
+            json!(["spiffe://cluster.local/ns/shop/sa/payments"]),
+            "secure naming: the service's accounts"
+        );
+    }
+    // `a.b` that is no known Service stays literal (it may be an external name).
+    let external = shop("web", "payments.elsewhere", "80", None);
+    assert_eq!(external["host"], "payments.elsewhere");
+    assert_eq!(external["rule"], Value::Null);
+}
+
+#[test]
+fn auto_mtls_is_decided_per_endpoint() {
+    let ledger = shop("shop", "ledger", "7000", None);
+    assert_eq!(ledger["tls"], Value::Null);
+    assert_eq!(ledger["endpoints"][0]["workload"], "shop/ledger");
+    assert_eq!(ledger["endpoints"][0]["mtls"], true);
+
+    let db = shop("shop", "payments-db", "9187", None);
+    assert_eq!(db["endpoints"][0]["mtls"], false, "not meshed: plaintext");
+}
+
+#[test]
+fn export_to_dot_hides_a_rule_from_other_namespaces() {
+    let inside = shop("shop", "api.partner.example.com", "443", None);
+    assert_eq!(inside["tls"]["mode"], "SIMPLE");
+    assert_eq!(inside["tls"]["sni"], "api.partner.example.com");
+    let outside = shop("web", "api.partner.example.com", "443", None);
+    assert_eq!(outside["rule"], Value::Null);
+}
