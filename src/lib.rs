@@ -8,6 +8,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod metrics;
