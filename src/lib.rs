@@ -12,3 +12,5 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod metrics;
+pub mod server;
+pub mod xds;

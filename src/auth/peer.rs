@@ -82,9 +82,16 @@ mod tests {
     #[test]
     fn workload_certificate_is_its_identity() {
         let leaf = issued_leaf(0);
-        let id = identity_from_peer_cert(&[leaf.clone()], "cluster.local", SystemTime::now());
+        let id = identity_from_peer_cert(
+            std::slice::from_ref(&leaf),
+            "cluster.local",
+            SystemTime::now(),
+        );
         assert_eq!(id.unwrap(), Identity::new("prod", "api").unwrap());
-        assert!(identity_from_peer_cert(&[leaf.clone()], "other.td", SystemTime::now()).is_err());
+        assert!(
+            identity_from_peer_cert(std::slice::from_ref(&leaf), "other.td", SystemTime::now())
+                .is_err()
+        );
         let later = SystemTime::now() + std::time::Duration::from_secs(2 * 86400);
         assert!(identity_from_peer_cert(&[leaf], "cluster.local", later).is_err());
         assert!(identity_from_peer_cert(&[], "cluster.local", SystemTime::now()).is_err());

@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+pub mod controller;
+mod duration;
+pub mod token;
+
 use clap::{Parser, Subcommand};
 
 /// Palisade: zero-trust service-mesh security for Kubernetes.
@@ -14,10 +18,25 @@ pub struct Cli {
 
 /// The subcommands; each lives in its own module with an `Args` struct and a `run` function.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the control plane (CA, and more as it grows).
+    Controller(controller::Args),
+    /// Standalone mode: print a workload token the standalone CA accepts.
+    Token(token::Args),
+}
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    let result = match cli.command {
+        Command::Controller(args) => controller::run(args),
+        Command::Token(args) => token::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
