@@ -5,6 +5,7 @@
 //! - [`jwt::LocalJwtAuthenticator`]: standalone mode, tokens signed by a key in the state dir.
 //! - [`peer::identity_from_peer_cert`]: renewal with a still-valid workload certificate.
 
+pub mod cache;
 pub mod jwt;
 pub mod peer;
 pub mod tokenreview;

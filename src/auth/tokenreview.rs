@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
-use super::{AuthError, Authenticator, Identity, check_token_size, unverified_jwt_exp};
-use crate::ca::authority::unix_secs;
+use super::cache::{TokenCache, TokenHash, sha256};
+use super::{AuthError, Authenticator, Identity, check_token_size};
 use crate::metrics::AuthMetrics;
 
 /// Tuning of the TokenReview authenticator.
@@ -46,24 +46,16 @@ impl Default for TokenReviewConfig {
     }
 }
 
-type TokenHash = [u8; 32];
 type Shared = Arc<OnceCell<Result<Identity, AuthError>>>;
 
 /// See the module documentation.
 pub struct TokenReviewAuthenticator {
     api: Api<TokenReview>,
     config: TokenReviewConfig,
-    cache: Mutex<HashMap<TokenHash, (Identity, Instant)>>,
+    cache: TokenCache,
     in_flight: Mutex<HashMap<TokenHash, Shared>>,
     permits: Semaphore,
     metrics: AuthMetrics,
-}
-
-fn sha256(token: &str) -> TokenHash {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 impl TokenReviewAuthenticator {
@@ -71,45 +63,10 @@ impl TokenReviewAuthenticator {
         Self {
             api: Api::all(client),
             permits: Semaphore::new(config.max_in_flight.max(1)),
+            cache: TokenCache::new(config.cache_ttl, config.max_cache_entries),
             config,
-            cache: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             metrics,
-        }
-    }
-
-    /// How long a result for `token` may be cached: `cache_ttl`, cut short by the token's exp.
-    fn cache_lifetime(&self, token: &str) -> Option<Duration> {
-        let ttl = self.config.cache_ttl;
-        match unverified_jwt_exp(token) {
-            None => Some(ttl),
-            Some(exp) => {
-                let left = exp - unix_secs(SystemTime::now());
-                (left > 0).then(|| ttl.min(Duration::from_secs(left as u64)))
-            }
-        }
-    }
-
-    async fn cached(&self, key: &TokenHash) -> Option<Identity> {
-        let mut cache = self.cache.lock().await;
-        match cache.get(key) {
-            Some((id, until)) if *until > Instant::now() => Some(id.clone()),
-            Some(_) => {
-                cache.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    async fn remember(&self, key: TokenHash, id: Identity, lifetime: Duration) {
-        let mut cache = self.cache.lock().await;
-        let now = Instant::now();
-        if cache.len() >= self.config.max_cache_entries {
-            cache.retain(|_, (_, until)| *until > now);
-        }
-        if cache.len() < self.config.max_cache_entries {
-            cache.insert(key, (id, now + lifetime));
         }
     }
 
@@ -174,7 +131,7 @@ impl Authenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         check_token_size(token)?;
         let key = sha256(token);
-        if let Some(id) = self.cached(&key).await {
+        if let Some(id) = self.cache.get(&key).await {
             self.metrics.cache_hits.inc();
             return Ok(id);
         }
@@ -182,8 +139,8 @@ impl Authenticator for TokenReviewAuthenticator {
         let result = shared.get_or_init(|| self.review(token)).await.clone();
         // Cache before leaving the in-flight map, so a caller arriving in between finds one
         // or the other and never starts a second review.
-        if let (Ok(id), Some(lifetime)) = (&result, self.cache_lifetime(token)) {
-            self.remember(key, id.clone(), lifetime).await;
+        if let Ok(id) = &result {
+            self.cache.put(key, token, id.clone()).await;
         }
         let mut in_flight = self.in_flight.lock().await;
         if in_flight.get(&key).is_some_and(|s| Arc::ptr_eq(s, &shared)) {

@@ -219,25 +219,6 @@ async fn saturation_sheds_load_instead_of_queueing() {
 }
 
 #[tokio::test]
-async fn cache_never_outlives_the_token() {
-    use base64::Engine as _;
-    let (auth, _handle, _) = setup(TokenReviewConfig::default());
-    let jwt = |exp: i64| {
-        let b = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", b("{}".into()), b(format!("{{\"exp\":{exp}}}")))
-    };
-    let now = unix_secs(SystemTime::now());
-    assert_eq!(auth.cache_lifetime(&jwt(now - 1)), None);
-    let short = auth.cache_lifetime(&jwt(now + 10)).unwrap();
-    assert!(short <= Duration::from_secs(10) && short >= Duration::from_secs(8));
-    assert_eq!(
-        auth.cache_lifetime(&jwt(now + 3600)),
-        Some(Duration::from_secs(60))
-    );
-    assert_eq!(auth.cache_lifetime("opaque"), Some(Duration::from_secs(60)));
-}
-
-#[tokio::test]
 async fn oversize_and_empty_tokens_never_reach_the_api_server() {
     let (auth, mut handle, _) = setup(TokenReviewConfig::default());
     assert!(auth.authenticate("").await.is_err());

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
+use crate::auth::cache::CachingAuthenticator;
 use crate::auth::jwt::{JwtError, LocalJwtKey};
 use crate::auth::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use crate::ca::kube_store::KubeSecretStore;
@@ -207,9 +208,14 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let authority = ca.authority.clone();
 
     let authenticator: Arc<dyn Authenticator> = match (&config.state_dir, &client) {
-        (Some(dir), _) => {
-            Arc::new(LocalJwtKey::load_or_create(dir)?.authenticator(config.audiences.clone()))
-        }
+        // Cached like TokenReview results, so the issuance hot path does not re-verify the
+        // same token's signature on every request.
+        (Some(dir), _) => Arc::new(CachingAuthenticator::new(
+            LocalJwtKey::load_or_create(dir)?.authenticator(config.audiences.clone()),
+            Duration::from_secs(60),
+            100_000,
+            metrics.auth.clone(),
+        )),
         (None, Some(client)) => Arc::new(TokenReviewAuthenticator::new(
             client.clone(),
             TokenReviewConfig {
