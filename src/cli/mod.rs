@@ -2,6 +2,10 @@
 
 use std::process::ExitCode;
 
+pub mod controller;
+mod duration;
+pub mod token;
+
 use clap::{Parser, Subcommand};
 
 pub mod crds;
@@ -22,6 +26,10 @@ pub enum Command {
     Crds(crds::Args),
     /// Offline policy tools: `palisade policy explain inbound|outbound`.
     Policy(policy::Args),
+    /// Run the control plane (CA, and more as it grows).
+    Controller(controller::Args),
+    /// Standalone mode: print a workload token the standalone CA accepts.
+    Token(token::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -31,6 +39,8 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Crds(args) => crds::run(args),
         Command::Policy(args) => policy::run(args),
+        Command::Controller(args) => controller::run(args),
+        Command::Token(args) => token::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! Integration tests: one binary with modules, to keep link time down.
+//! Integration tests: one binary with modules (one per subsystem), to keep link time down.
 
+mod ca;
 mod crds;
 mod explain;
 mod support;

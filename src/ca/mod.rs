@@ -1,0 +1,229 @@
+//! The embedded certificate authority: root and plug-in CA material, key stores, the trust
+//! bundle, workload issuance (semantics.md "Certificate authority") and the control plane's
+//! own serving certificate.
+
+pub mod authority;
+pub mod bundle;
+pub mod keys;
+pub mod kube_store;
+pub mod pem;
+pub mod plugin;
+pub mod serving;
+pub mod spiffe;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::watch;
+
+pub use authority::{CaError, IssuancePolicy, IssueError, Issued, SigningCa};
+pub use bundle::TrustBundle;
+pub use spiffe::Identity;
+pub use store::{DirStore, KeyStore, StoreError, StoredCa};
+
+use crate::metrics::CaMetrics;
+
+/// Why the CA could not start or renew.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored CA: {0}")]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Plugin(#[from] plugin::PluginError),
+}
+
+/// The running CA: the current signing CA and trust bundle (swapped atomically on renewal),
+/// the issuance policy, and its metrics.
+pub struct Authority {
+    signing: watch::Sender<Arc<SigningCa>>,
+    bundle: watch::Sender<TrustBundle>,
+    policy: IssuancePolicy,
+    metrics: CaMetrics,
+}
+
+impl Authority {
+    pub fn new(
+        signing: SigningCa,
+        bundle: TrustBundle,
+        policy: IssuancePolicy,
+        metrics: CaMetrics,
+    ) -> Self {
+        metrics
+            .root_expiry_seconds
+            .set(authority::unix_secs(signing.not_after()));
+        Self {
+            signing: watch::Sender::new(Arc::new(signing)),
+            bundle: watch::Sender::new(bundle),
+            policy,
+            metrics,
+        }
+    }
+
+    pub fn policy(&self) -> &IssuancePolicy {
+        &self.policy
+    }
+
+    pub fn metrics(&self) -> &CaMetrics {
+        &self.metrics
+    }
+
+    /// The CA currently signing.
+    pub fn signing(&self) -> Arc<SigningCa> {
+        self.signing.borrow().clone()
+    }
+
+    /// The roots workloads should trust now.
+    pub fn trust_bundle(&self) -> TrustBundle {
+        self.bundle.borrow().clone()
+    }
+
+    /// Follows trust-bundle changes (e.g. to rewrite `root-cert.pem` or ConfigMaps).
+    pub fn subscribe_bundle(&self) -> watch::Receiver<TrustBundle> {
+        self.bundle.subscribe()
+    }
+
+    /// Swaps in a renewed signing CA; its root joins the trust bundle (old roots stay until
+    /// they are removed explicitly, so certificates they signed keep verifying).
+    pub fn set_signing(&self, ca: SigningCa) {
+        let root = ca.root().clone();
+        self.metrics
+            .root_expiry_seconds
+            .set(authority::unix_secs(ca.not_after()));
+        self.signing.send_replace(Arc::new(ca));
+        self.bundle
+            .send_if_modified(|b| b.add(root).unwrap_or(false));
+    }
+
+    /// Issues a workload certificate for an authenticated `identity`, counting and logging the
+    /// outcome. `requester` (e.g. the peer address) only goes to the log.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        csr_pem: &str,
+        requested_ttl_secs: i64,
+        requester: &str,
+    ) -> Result<Issued, IssueError> {
+        let started = Instant::now();
+        let signing = self.signing();
+        let result = signing.issue_workload(
+            &self.policy,
+            identity,
+            csr_pem,
+            requested_ttl_secs,
+            SystemTime::now(),
+        );
+        self.metrics
+            .issuance_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(issued) => {
+                self.metrics.issued.inc();
+                tracing::info!(
+                    identity = %identity.spiffe_id(&self.policy.trust_domain),
+                    serial = %issued.serial_hex,
+                    not_after = authority::unix_secs(issued.not_after),
+                    requester,
+                    "issued workload certificate"
+                );
+            }
+            Err(e) => {
+                self.metrics.refuse(e.reason());
+                tracing::info!(%identity, requester, error = %e, "refused certificate request");
+            }
+        }
+        result
+    }
+}
+
+fn signing_from_stored(stored: &StoredCa) -> Result<SigningCa, CaError> {
+    let cert = pem::parse_certs(stored.cert_pem.as_bytes())
+        .map_err(CaError::Certificate)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| CaError::Certificate("stored CA certificate is empty".into()))?;
+    SigningCa::new(&stored.key_pem, cert, Vec::new())
+}
+
+/// Loads the self-signed root from `store`, creating it if absent (create-if-absent, then use
+/// what the store holds, so racing replicas agree) and re-issuing it with the same key when 80%
+/// of its life is gone.
+pub async fn bootstrap_self_signed(
+    store: &dyn KeyStore,
+    now: SystemTime,
+) -> Result<SigningCa, BootstrapError> {
+    let stored = match store.load().await? {
+        Some(stored) => stored,
+        None => {
+            let (key_pem, cert_pem) = authority::generate_root(now)?;
+            let created = store
+                .create_if_absent(&StoredCa {
+                    key_pem,
+                    cert_pem,
+                    version: None,
+                })
+                .await?;
+            tracing::info!("self-signed root CA ready in the key store");
+            created
+        }
+    };
+    let stored = renew_if_due(store, stored, now).await?;
+    Ok(signing_from_stored(&stored)?)
+}
+
+/// Re-issues the stored root with the same key when it is past [`authority::RENEW_AT_FRACTION`]
+/// of its life; returns what the store holds afterwards.
+pub async fn renew_if_due(
+    store: &dyn KeyStore,
+    stored: StoredCa,
+    now: SystemTime,
+) -> Result<StoredCa, BootstrapError> {
+    let current = signing_from_stored(&stored)?;
+    if !authority::needs_renewal(
+        current.not_before(),
+        current.not_after(),
+        now,
+        authority::RENEW_AT_FRACTION,
+    ) {
+        return Ok(stored);
+    }
+    let key = rcgen::KeyPair::from_pem(&stored.key_pem).map_err(|e| CaError::Key(e.to_string()))?;
+    let cert_pem = authority::reissue_root(&key, now)?;
+    let renewed = store
+        .replace(
+            &stored,
+            &StoredCa {
+                cert_pem,
+                ..stored.clone()
+            },
+        )
+        .await?;
+    tracing::info!("re-issued the self-signed root with the same key");
+    Ok(renewed)
+}
+
+/// Periodically re-checks the stored root and swaps a renewed one into `authority`.
+pub fn spawn_root_renewal(
+    authority: Arc<Authority>,
+    store: Arc<dyn KeyStore>,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            match bootstrap_self_signed(store.as_ref(), SystemTime::now()).await {
+                Ok(ca) if ca.cert_der() != authority.signing().cert_der() => {
+                    authority.set_signing(ca)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "root CA renewal check failed; will retry"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+#[path = "issue_tests.rs"]
+mod issue_tests;

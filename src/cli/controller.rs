@@ -1,0 +1,104 @@
+//! `palisade controller`: the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::ca::IssuancePolicy;
+use crate::server;
+
+/// Run the control plane (CA over gRPC/TLS, monitor endpoint). In a cluster by default;
+/// `--standalone` runs without Kubernetes from a state and a config directory.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run without Kubernetes (needs --state-dir and --config-dir).
+    #[arg(long)]
+    pub standalone: bool,
+    /// Standalone: CA material, token-signing key and root-cert.pem live here.
+    #[arg(long, requires = "standalone")]
+    pub state_dir: Option<PathBuf>,
+    /// Standalone: policy and workload YAML files.
+    #[arg(long, requires = "standalone")]
+    pub config_dir: Option<PathBuf>,
+    /// CA (and later xDS) gRPC over TLS.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub grpc_addr: SocketAddr,
+    /// Injection webhook (HTTPS); not served yet.
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+    /// /metrics, /healthz, /readyz over plain HTTP.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub monitor_addr: SocketAddr,
+    /// SPIFFE trust domain of issued identities.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Root namespace (holds the CA Secrets).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "palisade-system")]
+    pub namespace: String,
+    /// Name of the control plane's Service (for the serving certificate's DNS names).
+    #[arg(long, default_value = "palisade")]
+    pub service_name: String,
+    /// Accepted token audience (repeatable).
+    #[arg(long = "audience", default_value = "palisade-ca")]
+    pub audiences: Vec<String>,
+    /// Certificate lifetime when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = super::duration::parse)]
+    pub default_ttl: Duration,
+    /// Longest lifetime a request may ask for (longer requests are rejected).
+    #[arg(long, default_value = "90d", value_parser = super::duration::parse)]
+    pub max_ttl: Duration,
+}
+
+impl Args {
+    /// The server configuration these flags describe.
+    pub fn to_config(&self) -> anyhow::Result<server::Config> {
+        if self.standalone && (self.state_dir.is_none() || self.config_dir.is_none()) {
+            bail!("--standalone needs --state-dir DIR and --config-dir DIR");
+        }
+        if self.default_ttl > self.max_ttl {
+            bail!("--default-ttl must not exceed --max-ttl");
+        }
+        Ok(server::Config {
+            state_dir: self.state_dir.clone(),
+            config_dir: self.config_dir.clone(),
+            grpc_addr: self.grpc_addr,
+            webhook_addr: self.webhook_addr,
+            monitor_addr: self.monitor_addr,
+            namespace: self.namespace.clone(),
+            service_name: self.service_name.clone(),
+            policy: IssuancePolicy {
+                trust_domain: self.trust_domain.clone(),
+                default_ttl: self.default_ttl,
+                max_ttl: self.max_ttl,
+            },
+            audiences: self.audiences.clone(),
+        })
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down cleanly.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .try_init();
+    let config = args.to_config()?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let running = server::start(config)
+            .await
+            .context("starting the control plane")?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        running.shutdown().await.context("shutting down")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,317 @@
+//! The running control plane: CA material, authenticators, the gRPC (TLS) and monitor
+//! listeners, background renewal, and an orderly shutdown. `palisade controller` is a thin
+//! wrapper around [`start`].
+
+pub mod monitor;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::Authenticator;
+use crate::auth::cache::CachingAuthenticator;
+use crate::auth::jwt::{JwtError, LocalJwtKey};
+use crate::auth::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
+use crate::ca::kube_store::KubeSecretStore;
+use crate::ca::serving::{self, ServingResolver, ServingSpec};
+use crate::ca::{
+    Authority, BootstrapError, DirStore, IssuancePolicy, KeyStore, TrustBundle, plugin,
+};
+use crate::metrics::Metrics;
+use crate::xds::CaService;
+
+/// File in the state directory holding the trust bundle clients need (standalone mode).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+
+/// Where and how the control plane runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Standalone (no Kubernetes) with this state directory; `None` = in-cluster.
+    pub state_dir: Option<PathBuf>,
+    /// Standalone configuration directory (policies, workloads); read by later subsystems.
+    pub config_dir: Option<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub webhook_addr: SocketAddr,
+    pub monitor_addr: SocketAddr,
+    /// The root namespace (CA Secrets live there) and the Service name of the control plane.
+    pub namespace: String,
+    pub service_name: String,
+    pub policy: IssuancePolicy,
+    pub audiences: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            config_dir: None,
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 15012)),
+            webhook_addr: SocketAddr::from(([0, 0, 0, 0], 15017)),
+            monitor_addr: SocketAddr::from(([0, 0, 0, 0], 15014)),
+            namespace: "palisade-system".into(),
+            service_name: "palisade".into(),
+            policy: IssuancePolicy::default(),
+            audiences: vec!["palisade-ca".into()],
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("CA: {0}")]
+    Ca(#[from] BootstrapError),
+    #[error("token signing key: {0}")]
+    Jwt(#[from] JwtError),
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serving certificate: {0}")]
+    Serving(#[from] serving::ServingError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("server task: {0}")]
+    Task(String),
+}
+
+/// A started control plane.
+pub struct Running {
+    /// Actual bound addresses (useful with port 0).
+    pub grpc_addr: SocketAddr,
+    pub monitor_addr: SocketAddr,
+    pub authority: Arc<Authority>,
+    pub metrics: Arc<Metrics>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<Result<(), String>>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and waits for the servers to end.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.shutdown.send_replace(true);
+        for task in &self.background {
+            task.abort();
+        }
+        for server in self.servers {
+            server
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))?
+                .map_err(ServerError::Task)?;
+        }
+        Ok(())
+    }
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent). Done explicitly:
+/// rustls' implicit selection panics when it cannot pick one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Io {
+            what,
+            path: addr.to_string(),
+            source,
+        })
+}
+
+/// Writes a public file atomically (temp file + rename), so readers never see half of it.
+fn write_public_atomic(path: &Path, data: &str) -> Result<(), ServerError> {
+    let io = |source| ServerError::Io {
+        what: "writing",
+        path: path.display().to_string(),
+        source,
+    };
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, data).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+struct Ca {
+    authority: Arc<Authority>,
+    self_signed_store: Option<Arc<dyn KeyStore>>,
+}
+
+async fn load_ca(
+    config: &Config,
+    client: Option<&kube::Client>,
+    metrics: &Metrics,
+) -> Result<Ca, ServerError> {
+    let now = SystemTime::now();
+    let plugin_files = match (&config.state_dir, client) {
+        (Some(dir), _) => plugin::read_dir(&dir.join("cacerts")).map_err(BootstrapError::from)?,
+        (None, Some(client)) => plugin::read_secret(client.clone(), &config.namespace)
+            .await
+            .map_err(BootstrapError::from)?,
+        (None, None) => None,
+    };
+    if let Some(files) = plugin_files {
+        let ca = plugin::load(&files, now).map_err(BootstrapError::from)?;
+        tracing::info!("using the plug-in CA");
+        let authority = Authority::new(
+            ca.signing,
+            ca.bundle,
+            config.policy.clone(),
+            metrics.ca.clone(),
+        );
+        return Ok(Ca {
+            authority: Arc::new(authority),
+            self_signed_store: None,
+        });
+    }
+    let store: Arc<dyn KeyStore> = match (&config.state_dir, client) {
+        (Some(dir), _) => Arc::new(DirStore::new(dir)),
+        (None, Some(client)) => Arc::new(KubeSecretStore::new(client.clone(), &config.namespace)),
+        (None, None) => unreachable_store()?,
+    };
+    let signing = crate::ca::bootstrap_self_signed(store.as_ref(), now).await?;
+    let bundle = TrustBundle::new(signing.root().clone());
+    let authority = Authority::new(signing, bundle, config.policy.clone(), metrics.ca.clone());
+    Ok(Ca {
+        authority: Arc::new(authority),
+        self_signed_store: Some(store),
+    })
+}
+
+fn unreachable_store() -> Result<Arc<dyn KeyStore>, ServerError> {
+    Err(ServerError::Task(
+        "in-cluster mode needs a Kubernetes client".into(),
+    ))
+}
+
+/// Starts the control plane: loads or creates the CA, binds the listeners, and returns once
+/// everything is serving.
+pub async fn start(config: Config) -> Result<Running, ServerError> {
+    install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let client = match config.state_dir {
+        Some(_) => None,
+        None => Some(kube::Client::try_default().await?),
+    };
+    let ca = load_ca(&config, client.as_ref(), &metrics).await?;
+    let authority = ca.authority.clone();
+
+    let authenticator: Arc<dyn Authenticator> = match (&config.state_dir, &client) {
+        // Cached like TokenReview results, so the issuance hot path does not re-verify the
+        // same token's signature on every request.
+        (Some(dir), _) => Arc::new(CachingAuthenticator::new(
+            LocalJwtKey::load_or_create(dir)?.authenticator(config.audiences.clone()),
+            Duration::from_secs(60),
+            100_000,
+            metrics.auth.clone(),
+        )),
+        (None, Some(client)) => Arc::new(TokenReviewAuthenticator::new(
+            client.clone(),
+            TokenReviewConfig {
+                audiences: config.audiences.clone(),
+                ..Default::default()
+            },
+            metrics.auth.clone(),
+        )),
+        (None, None) => return Err(ServerError::Task("no authenticator".into())),
+    };
+
+    let mut background = Vec::new();
+    if let Some(dir) = &config.state_dir {
+        // Keep root-cert.pem in step with the trust bundle.
+        let path = dir.join(ROOT_CERT_FILE);
+        write_public_atomic(&path, &authority.trust_bundle().to_pem())?;
+        let mut bundles = authority.subscribe_bundle();
+        background.push(tokio::spawn(async move {
+            while bundles.changed().await.is_ok() {
+                let pem = bundles.borrow_and_update().to_pem();
+                if let Err(e) = write_public_atomic(&path, &pem) {
+                    tracing::warn!(error = %e, "could not update root-cert.pem");
+                }
+            }
+        }));
+    }
+    if let Some(store) = ca.self_signed_store {
+        background.push(crate::ca::spawn_root_renewal(
+            authority.clone(),
+            store,
+            Duration::from_secs(3600),
+        ));
+    }
+
+    let standalone = config.state_dir.is_some();
+    let spec = ServingSpec::for_service(&config.service_name, &config.namespace, standalone);
+    let (serving_rx, serving_task) = serving::start(authority.clone(), spec)?;
+    background.push(serving_task);
+    let tls = tls::server_config(
+        Arc::new(ServingResolver::new(serving_rx)),
+        Some(authority.trust_bundle().root_store()),
+        &[b"h2"],
+    )?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc_listener = bind(config.grpc_addr, "gRPC listener").await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServerError::Io {
+            what: "gRPC listener",
+            path: config.grpc_addr.to_string(),
+            source,
+        })?;
+    let incoming =
+        tokio_stream::wrappers::ReceiverStream::new(tls::incoming(grpc_listener, Arc::new(tls)));
+    let service = CaService::new(authority.clone(), authenticator).into_server();
+    let grpc = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(256)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
+    let grpc = tokio::spawn(async move { grpc.await.map_err(|e| format!("gRPC server: {e}")) });
+
+    let monitor_listener = bind(config.monitor_addr, "monitor listener").await?;
+    let monitor_addr = monitor_listener
+        .local_addr()
+        .map_err(|source| ServerError::Io {
+            what: "monitor listener",
+            path: config.monitor_addr.to_string(),
+            source,
+        })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let router = monitor::router(metrics.clone(), ready.clone());
+    let monitor_stop = stopped(shutdown_rx);
+    let monitor = tokio::spawn(async move {
+        axum::serve(monitor_listener, router)
+            .with_graceful_shutdown(monitor_stop)
+            .await
+            .map_err(|e| format!("monitor server: {e}"))
+    });
+
+    // The webhook (:15017) is not implemented yet; the address is accepted for the chart.
+    tracing::info!(%grpc_addr, %monitor_addr, webhook_addr = %config.webhook_addr, standalone,
+        trust_domain = %config.policy.trust_domain, "control plane serving");
+    ready.store(true, Ordering::Release);
+    Ok(Running {
+        grpc_addr,
+        monitor_addr,
+        authority,
+        metrics,
+        shutdown,
+        servers: vec![grpc, monitor],
+        background,
+    })
+}
