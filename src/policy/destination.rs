@@ -346,7 +346,7 @@ pub(crate) fn tls_for_port(
         policy
             .port_level_settings
             .iter()
-            .find(|entry| entry.port.number == u32::from(port))
+            .find(|entry| port != 0 && entry.port.number == u32::from(port))
             .map(|entry| entry.tls.as_ref())
     }
     let mut tls = None;

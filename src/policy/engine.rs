@@ -173,6 +173,11 @@ impl PolicyEngine {
 
     /// Client TLS for `host` (short name, FQDN or any name) and service `port`, with an optional
     /// `subset`. A short host is expanded with the client's namespace.
+    ///
+    /// When no rule sets TLS for the port, `endpoints` holds the auto mTLS decision of each
+    /// endpoint of the service (for a `port` the service does not declare, the container port is
+    /// taken to be `port` itself); endpoints lacking a named target port are not endpoints of
+    /// that port and are left out, as Kubernetes does.
     pub fn outbound(
         &self,
         client: &Client,
