@@ -473,14 +473,26 @@ impl PolicyEngine {
                 ));
             }
         }
+        let mut by_namespace: HashMap<&str, Vec<&Workload>> = HashMap::new();
+        if self
+            .dest_specs
+            .iter()
+            .any(|p| p.spec.workload_selector.is_some())
+        {
+            for w in &self.workloads {
+                by_namespace
+                    .entry(w.namespace.as_str())
+                    .or_default()
+                    .push(w);
+            }
+        }
         for (rule, policy) in self.dests.rules.iter().zip(&self.dest_specs) {
             let Some(selector) = &policy.spec.workload_selector else {
                 continue;
             };
-            let any = self
-                .workloads
-                .iter()
-                .any(|w| w.namespace == policy.meta.namespace && selector.matches(&w.labels));
+            let any = by_namespace
+                .get(policy.meta.namespace.as_str())
+                .is_some_and(|ws| ws.iter().any(|w| selector.matches(&w.labels)));
             if !any {
                 out.push(diagnostic(
                     Severity::Warning,
