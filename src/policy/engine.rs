@@ -206,7 +206,7 @@ impl PolicyEngine {
         );
         let merged =
             (!candidates.is_empty()).then(|| self.dests.merge(&self.dest_specs, &candidates));
-        self.decide_outbound(merged.as_ref(), fqdn.clone(), service, port, subset)
+        self.decide_outbound(merged.as_ref(), fqdn, service, port, subset)
     }
 
     /// Whole-mesh resolution: the inbound decision of every workload, and the outbound
