@@ -436,17 +436,19 @@ impl PolicyEngine {
         for rule in &self.dests.rules {
             out.extend(rule.findings.iter().cloned());
         }
-        let mut exported = Vec::new();
+        // Merges as clients see them (rules without workloadSelector), from every namespace
+        // that sees a different set of the group's rules.
+        let mut visible = Vec::new();
         for group in self.dests.groups() {
-            exported.clear();
-            exported.extend(
-                group
-                    .iter()
-                    .copied()
-                    .filter(|&i| !self.dests.rules[i as usize].has_selector),
-            );
-            if exported.len() > 1 {
-                out.extend(self.dests.merge(&self.dest_specs, &exported).diagnostics);
+            for viewer in self.dests.viewers(group) {
+                visible.clear();
+                visible.extend(group.iter().copied().filter(|&i| {
+                    let rule = &self.dests.rules[i as usize];
+                    !rule.has_selector && rule.visible_to(viewer.unwrap_or_default())
+                }));
+                if visible.len() > 1 {
+                    out.extend(self.dests.merge(&self.dest_specs, &visible).diagnostics);
+                }
             }
         }
         if inventory_complete {
