@@ -16,7 +16,9 @@
 //!   nothing win and silently ignore a newer STRICT one; here adding such a policy never changes
 //!   a result.
 //! - Object-level merge findings ([`PolicyEngine::diagnostics`]) describe the merge of the rules
-//!   without `workloadSelector` for each (namespace, host); merges that involve a
+//!   without `workloadSelector` for each (namespace, host), as seen from each namespace that
+//!   sees a different subset of them (rules whose audiences do not overlap are not "not
+//!   merged": no client could use both); merges that involve a
 //!   `workloadSelector` rule depend on the client and are reported in
 //!   [`OutboundDecision::diagnostics`].
 //! - Invalid TLS combinations that the CRD rejects are passed through as written, with an
