@@ -6,8 +6,9 @@
 //! reference on the same machine in the same run, the time to clone the input (touching every
 //! object once) is measured too, and the phases are reported as ratios to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use palisade::api::traffic_policy::{LoadBalancerSettings, SimpleLb};
@@ -16,8 +17,8 @@ use palisade::api::{
     PortSelector, PortTrafficPolicy, Subset, TlsMode, TrafficPolicy, WorkloadSelector,
 };
 use palisade::policy::{
-    MeshConfig, MeshInput, Policy, PolicyEngine, PolicyMeta, ServiceInfo, ServicePortInfo,
-    TLS_MODE_LABEL, TLS_MODE_PALISADE, TargetPort, Workload, WorkloadPort,
+    Client, MeshConfig, MeshInput, OutboundDecision, Policy, PolicyEngine, PolicyMeta, ServiceInfo,
+    ServicePortInfo, TLS_MODE_LABEL, TLS_MODE_PALISADE, TargetPort, Workload, WorkloadPort,
 };
 
 const NAMESPACES: usize = 50;
@@ -347,7 +348,7 @@ fn main() {
     );
     let (mut clone, mut new, mut resolve, mut total) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut shape = (0, 0, 0);
+    let mut shape = (0, 0, 0, 0);
     for iteration in 0..WARMUP + ITERATIONS {
         let t0 = Instant::now();
         let copy = black_box(input.clone());
@@ -356,9 +357,15 @@ fn main() {
         let t2 = Instant::now();
         let resolution = black_box(engine.resolve_all());
         let t3 = Instant::now();
+        let distinct: HashSet<*const OutboundDecision> = resolution
+            .outbound
+            .iter()
+            .map(|e| Arc::as_ptr(&e.decision))
+            .collect();
         shape = (
             resolution.inbound.len(),
             resolution.outbound.len(),
+            distinct.len(),
             engine.diagnostics().len(),
         );
         drop(resolution);
@@ -371,8 +378,8 @@ fn main() {
         }
     }
     println!(
-        "resolution: {} inbound decisions, {} outbound decisions, {} diagnostics; {ITERATIONS} iterations after {WARMUP} warm-up",
-        shape.0, shape.1, shape.2
+        "resolution: {} inbound decisions, {} outbound decisions ({} distinct), {} diagnostics; {ITERATIONS} iterations after {WARMUP} warm-up",
+        shape.0, shape.1, shape.2, shape.3
     );
     let mut sorted = clone.clone();
     sorted.sort();
@@ -381,4 +388,43 @@ fn main() {
     report("PolicyEngine::new", new, reference);
     report("resolve_all", resolve, reference);
     report("new + resolve_all", total, reference);
+
+    // Without sharing: one uncached `outbound` lookup per (client namespace, service, port),
+    // the cost `resolve_all` would pay if every decision were distinct.
+    let engine = PolicyEngine::new(input.clone());
+    let mut namespaces: Vec<&str> = input
+        .workloads
+        .iter()
+        .map(|w| w.namespace.as_str())
+        .collect();
+    namespaces.dedup();
+    let mut single = Vec::new();
+    let mut lookups = 0;
+    for iteration in 0..WARMUP + 5 {
+        let start = Instant::now();
+        lookups = 0;
+        for namespace in &namespaces {
+            let client = Client {
+                namespace: namespace.to_string(),
+                labels: BTreeMap::new(),
+            };
+            for service in &input.services {
+                let host = format!("{}.{}.svc.cluster.local", service.name, service.namespace);
+                for port in &service.ports {
+                    black_box(engine.outbound(&client, &host, port.port, None));
+                    lookups += 1;
+                }
+            }
+        }
+        if iteration >= WARMUP {
+            single.push(start.elapsed());
+        }
+    }
+    single.sort();
+    let median = percentile(&single, 0.5);
+    println!(
+        "{lookups} uncached outbound() lookups: median {:.2} ms in all, {:.2} us per lookup",
+        median.as_secs_f64() * 1e3,
+        median.as_secs_f64() * 1e6 / lookups as f64
+    );
 }

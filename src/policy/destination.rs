@@ -34,7 +34,9 @@ pub(crate) struct DestRule {
 }
 
 impl DestRule {
-    fn visible_to(&self, namespace: &str) -> bool {
+    /// True when a client in `namespace` may use this rule (workloadSelector rules: only in
+    /// their own namespace).
+    pub(crate) fn visible_to(&self, namespace: &str) -> bool {
         if self.has_selector {
             return namespace == self.object.namespace;
         }
@@ -186,6 +188,22 @@ impl DestIndex {
                 .map(Vec::as_slice)
                 .chain(ns.wildcards.iter().map(|(_, g)| g.as_slice()))
         })
+    }
+
+    /// Namespaces that may each see a different subset of `group`: the rules' own namespace,
+    /// every namespace named in an exportTo, and `None` for any other namespace.
+    pub(crate) fn viewers<'s>(&'s self, group: &[u32]) -> Vec<Option<&'s str>> {
+        let mut viewers: Vec<Option<&str>> = vec![None];
+        for &i in group {
+            let rule = &self.rules[i as usize];
+            viewers.push(Some(rule.object.namespace.as_str()));
+            if let Export::Only { names, .. } = &rule.export {
+                viewers.extend(names.iter().map(|n| Some(n.as_str())));
+            }
+        }
+        viewers.sort();
+        viewers.dedup();
+        viewers
     }
 
     /// The rules (in merge order) of the most specific host group of `namespace` that has at
@@ -346,7 +364,7 @@ pub(crate) fn tls_for_port(
         policy
             .port_level_settings
             .iter()
-            .find(|entry| entry.port.number == u32::from(port))
+            .find(|entry| port != 0 && entry.port.number == u32::from(port))
             .map(|entry| entry.tls.as_ref())
     }
     let mut tls = None;

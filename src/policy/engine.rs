@@ -173,6 +173,11 @@ impl PolicyEngine {
 
     /// Client TLS for `host` (short name, FQDN or any name) and service `port`, with an optional
     /// `subset`. A short host is expanded with the client's namespace.
+    ///
+    /// When no rule sets TLS for the port, `endpoints` holds the auto mTLS decision of each
+    /// endpoint of the service (for a `port` the service does not declare, the container port is
+    /// taken to be `port` itself); endpoints lacking a named target port are not endpoints of
+    /// that port and are left out, as Kubernetes does.
     pub fn outbound(
         &self,
         client: &Client,
@@ -201,7 +206,7 @@ impl PolicyEngine {
         );
         let merged =
             (!candidates.is_empty()).then(|| self.dests.merge(&self.dest_specs, &candidates));
-        self.decide_outbound(merged.as_ref(), fqdn.clone(), service, port, subset)
+        self.decide_outbound(merged.as_ref(), fqdn, service, port, subset)
     }
 
     /// Whole-mesh resolution: the inbound decision of every workload, and the outbound
@@ -431,17 +436,19 @@ impl PolicyEngine {
         for rule in &self.dests.rules {
             out.extend(rule.findings.iter().cloned());
         }
-        let mut exported = Vec::new();
+        // Merges as clients see them (rules without workloadSelector), from every namespace
+        // that sees a different set of the group's rules.
+        let mut visible = Vec::new();
         for group in self.dests.groups() {
-            exported.clear();
-            exported.extend(
-                group
-                    .iter()
-                    .copied()
-                    .filter(|&i| !self.dests.rules[i as usize].has_selector),
-            );
-            if exported.len() > 1 {
-                out.extend(self.dests.merge(&self.dest_specs, &exported).diagnostics);
+            for viewer in self.dests.viewers(group) {
+                visible.clear();
+                visible.extend(group.iter().copied().filter(|&i| {
+                    let rule = &self.dests.rules[i as usize];
+                    !rule.has_selector && rule.visible_to(viewer.unwrap_or_default())
+                }));
+                if visible.len() > 1 {
+                    out.extend(self.dests.merge(&self.dest_specs, &visible).diagnostics);
+                }
             }
         }
         if inventory_complete {
@@ -468,14 +475,26 @@ impl PolicyEngine {
                 ));
             }
         }
+        let mut by_namespace: HashMap<&str, Vec<&Workload>> = HashMap::new();
+        if self
+            .dest_specs
+            .iter()
+            .any(|p| p.spec.workload_selector.is_some())
+        {
+            for w in &self.workloads {
+                by_namespace
+                    .entry(w.namespace.as_str())
+                    .or_default()
+                    .push(w);
+            }
+        }
         for (rule, policy) in self.dests.rules.iter().zip(&self.dest_specs) {
             let Some(selector) = &policy.spec.workload_selector else {
                 continue;
             };
-            let any = self
-                .workloads
-                .iter()
-                .any(|w| w.namespace == policy.meta.namespace && selector.matches(&w.labels));
+            let any = by_namespace
+                .get(policy.meta.namespace.as_str())
+                .is_some_and(|ws| ws.iter().any(|w| selector.matches(&w.labels)));
             if !any {
                 out.push(diagnostic(
                     Severity::Warning,

@@ -9,6 +9,23 @@
 //!   that are kept but not enforced.
 //! - [`PolicyEngine::resolve_all`]: all of the above for every workload and service.
 //!
+//! Choices where the specification leaves room (see `docs` of each module for more):
+//!
+//! - A PeerAuthentication competes in its scope only when it sets something there (a mode
+//!   other than UNSET, or a valid `portLevelMtls` entry). Istio lets an older policy that sets
+//!   nothing win and silently ignore a newer STRICT one; here adding such a policy never changes
+//!   a result.
+//! - Object-level merge findings ([`PolicyEngine::diagnostics`]) describe the merge of the rules
+//!   without `workloadSelector` for each (namespace, host), as seen from each namespace that
+//!   sees a different subset of them (rules whose audiences do not overlap are not "not
+//!   merged": no client could use both); merges that involve a
+//!   `workloadSelector` rule depend on the client and are reported in
+//!   [`OutboundDecision::diagnostics`].
+//! - Invalid TLS combinations that the CRD rejects are passed through as written, with an
+//!   error diagnostic; under ISTIO_MUTUAL the certificate fields are dropped (they never apply).
+//! - [`PolicyEngine::resolve_all`] resolves outbound for clients without labels, so it never
+//!   uses `workloadSelector` rules; [`PolicyEngine::outbound`] does, given the client's labels.
+//!
 //! Module map: `peer` (PeerAuthentication scopes and modes), `destination` (DestinationRule
 //! lookup, merging, TLS per port and subset), `host` (host names), `diagnostics` (findings
 //! about one object), `engine` (the indexes and the public entry points).

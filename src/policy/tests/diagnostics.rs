@@ -320,3 +320,79 @@ fn outbound_decision_carries_the_findings_of_the_rules_used() {
         Some("c".to_string())
     );
 }
+
+#[test]
+fn not_merged_is_reported_only_where_a_namespace_sees_both_rules() {
+    let not_merged = |first: Value, second: Value| {
+        let engine = Mesh::new()
+            .dr(
+                "default",
+                "first",
+                Some(1),
+                json!({"host": "reviews", "exportTo": first}),
+            )
+            .dr(
+                "default",
+                "second",
+                Some(2),
+                json!({"host": "reviews", "exportTo": second}),
+            )
+            .engine();
+        kinds_of(engine.diagnostics(), &dr_ref("default", "second"))
+    };
+    let reported = vec![DiagnosticKind::NotMerged {
+        used: dr_ref("default", "first"),
+    }];
+    // Disjoint audiences: two separate rules, nothing to report.
+    assert_eq!(not_merged(json!(["x"]), json!(["y"])), vec![]);
+    assert_eq!(not_merged(json!(["."]), json!(["y"])), vec![]);
+    // Namespace y sees both.
+    assert_eq!(not_merged(json!(["*"]), json!(["y"])), reported);
+    assert_eq!(not_merged(json!(["x", "y"]), json!(["y"])), reported);
+    // The rules' own namespace sees both.
+    assert_eq!(not_merged(json!([]), json!(["."])), reported);
+    // Same export set: merged, nothing to report.
+    assert_eq!(not_merged(json!(["y", "x"]), json!(["x", "y"])), vec![]);
+    assert_eq!(not_merged(json!([]), json!(["*"])), vec![]);
+}
+
+#[test]
+fn workload_selector_rules_are_not_in_the_object_level_merge() {
+    let engine = Mesh::new()
+        .workload("default", "web", "web", &[("app", "web")], &[])
+        .dr(
+            "default",
+            "selected",
+            Some(5),
+            json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "web"}},
+                   "trafficPolicy": {"tls": {"mode": "SIMPLE"}}}),
+        )
+        .dr(
+            "default",
+            "plain",
+            Some(1),
+            json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "DISABLE"}}}),
+        )
+        .complete()
+        .engine();
+    assert!(
+        engine.diagnostics().is_empty(),
+        "{:#?}",
+        engine.diagnostics()
+    );
+    // For the selected client the plain rule merges behind the selected one and loses its
+    // trafficPolicy: reported on that lookup.
+    let client = Client {
+        namespace: "default".into(),
+        labels: labels(&[("app", "web")]),
+    };
+    let got = engine.outbound(&client, "reviews", 80, None);
+    assert_eq!(got.rule, Some(dr_ref("default", "selected")));
+    assert_eq!(
+        kinds_of(&got.diagnostics, &dr_ref("default", "plain")),
+        vec![DiagnosticKind::MergeDropped {
+            into: dr_ref("default", "selected"),
+            what: "trafficPolicy".into()
+        }]
+    );
+}

@@ -3,6 +3,7 @@
 mod diagnostics;
 mod inbound;
 mod outbound;
+mod outbound_tls;
 mod properties;
 mod resolution;
 

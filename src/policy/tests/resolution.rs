@@ -107,3 +107,18 @@ fn empty_input_resolves_to_nothing() {
     assert!(engine.diagnostics().is_empty());
     assert_eq!(engine.config(), &MeshConfig::default());
 }
+
+#[test]
+fn engine_and_resolution_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<PolicyEngine>();
+    shareable::<MeshResolution>();
+    let engine = Arc::new(sample_mesh().engine());
+    let worker = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.resolve_all())
+    };
+    let here = engine.resolve_all();
+    let there = worker.join().expect("worker thread");
+    assert_eq!(here, there);
+}
