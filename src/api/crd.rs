@@ -22,7 +22,14 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
 
 /// The openAPIV3Schema of a CRD as JSON, for validating objects offline.
 pub fn schema_of(crd: &CustomResourceDefinition) -> Option<Value> {
-    let schema = crd.spec.versions.first()?.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+    let schema = crd
+        .spec
+        .versions
+        .first()?
+        .schema
+        .as_ref()?
+        .open_api_v3_schema
+        .as_ref()?;
     serde_json::to_value(schema).ok()
 }
 
@@ -31,12 +38,19 @@ pub fn schema_of(crd: &CustomResourceDefinition) -> Option<Value> {
 /// `uint32` becomes an explicit upper bound instead.
 fn finish(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     crd.metadata.labels = Some(
-        [("app.kubernetes.io/part-of".to_string(), "palisade".to_string())]
-            .into_iter()
-            .collect(),
+        [(
+            "app.kubernetes.io/part-of".to_string(),
+            "palisade".to_string(),
+        )]
+        .into_iter()
+        .collect(),
     );
     for version in &mut crd.spec.versions {
-        let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.take()) else {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.take())
+        else {
             continue;
         };
         let Ok(mut value) = serde_json::to_value(&schema) else {

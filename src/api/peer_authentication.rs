@@ -68,7 +68,7 @@ pub struct WorkloadSelector {
 }
 
 impl WorkloadSelector {
-    /// True when the selector names at least one label.
+    /// True when the selector names no label (it then selects every workload).
     pub fn is_empty(&self) -> bool {
         self.match_labels.is_empty()
     }

@@ -11,10 +11,9 @@
 //!
 //! Choices where the specification leaves room (see `docs` of each module for more):
 //!
-//! - A PeerAuthentication competes in its scope only when it sets something there (a mode
-//!   other than UNSET, or a valid `portLevelMtls` entry). Istio lets an older policy that sets
-//!   nothing win and silently ignore a newer STRICT one; here adding such a policy never changes
-//!   a result.
+//! - As in Istio, the oldest PeerAuthentication of a scope wins even when it sets nothing (its
+//!   mode is UNSET): the scope then inherits. Istio ignores the newer policies silently; here
+//!   each gets a `Conflict` diagnostic naming the winner.
 //! - Object-level merge findings ([`PolicyEngine::diagnostics`]) describe the merge of the rules
 //!   without `workloadSelector` for each (namespace, host), as seen from each namespace that
 //!   sees a different subset of them (rules whose audiences do not overlap are not "not

@@ -87,8 +87,17 @@ impl PolicyMeta {
     /// Sort key for "oldest wins": objects with a timestamp are older than those without; by
     /// timestamp, then (without timestamps) by input order, then by name.
     pub fn age_key(&self) -> (bool, Option<Timestamp>, u64, &str) {
-        let seq = if self.creation_timestamp.is_some() { 0 } else { self.seq };
-        (self.creation_timestamp.is_none(), self.creation_timestamp, seq, &self.name)
+        let seq = if self.creation_timestamp.is_some() {
+            0
+        } else {
+            self.seq
+        };
+        (
+            self.creation_timestamp.is_none(),
+            self.creation_timestamp,
+            seq,
+            &self.name,
+        )
     }
 }
 

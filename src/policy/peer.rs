@@ -1,9 +1,9 @@
 //! PeerAuthentication: scopes, oldest-wins within a scope, inheritance (UNSET) and
 //! port-level modes.
 //!
-//! A policy *competes* in its scope only when it sets something there: a mode other than
-//! UNSET, or (workload scope) a valid `portLevelMtls` entry. A policy that sets nothing can
-//! neither win nor make another lose, so adding one never changes a result.
+//! As in Istio, the oldest policy of a scope wins whatever it sets: an older policy whose mode
+//! is UNSET beats a newer STRICT one, and the scope then inherits from the one above. Istio
+//! does this silently; here every loser gets a `Conflict` diagnostic naming the winner.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -42,16 +42,10 @@ pub(crate) struct PeerPolicy {
     pub(crate) findings: Vec<Diagnostic>,
 }
 
-impl PeerPolicy {
-    fn competes(&self) -> bool {
-        self.mode != MtlsMode::Unset || !self.ports.is_empty()
-    }
-}
-
 /// The policies of one namespace.
 #[derive(Debug, Default)]
 struct NamespacePeers {
-    /// Winner among the competing namespace-wide (mesh-wide, in the root namespace) policies.
+    /// Winner (the oldest) among the namespace-wide (mesh-wide, in the root namespace) policies.
     winner: Option<u32>,
     /// Selector policies by the first label of their selector: key, value, policies.
     by_label: HashMap<String, HashMap<String, Vec<u32>>>,
@@ -182,7 +176,7 @@ impl PeerIndex {
             .collect();
         let mut namespaces: HashMap<String, NamespacePeers> = HashMap::new();
         let mut scope_conflicts = Vec::new();
-        // Oldest first, so the first competing policy of a scope is its winner.
+        // Oldest first, so the first policy of a scope is its winner.
         for &i in &order {
             let policy = &digested[i];
             let ns = namespaces
@@ -191,9 +185,6 @@ impl PeerIndex {
             match policy.scope {
                 PeerScope::Mesh | PeerScope::Namespace => {
                     ns.findings.extend(policy.findings.iter().cloned());
-                    if !policy.competes() {
-                        continue;
-                    }
                     match ns.winner {
                         None => ns.winner = Some(i as u32),
                         Some(w) => {
@@ -283,7 +274,7 @@ impl PeerIndex {
     fn workload_winner(&self, matched: &[u32]) -> Option<u32> {
         matched.iter().copied().find(|&i| {
             let p = &self.policies[i as usize];
-            p.scope == PeerScope::Workload && p.competes()
+            p.scope == PeerScope::Workload
         })
     }
 
@@ -324,7 +315,7 @@ impl PeerIndex {
         }
     }
 
-    /// Conflicts between the competing selector policies in `matched` (oldest first).
+    /// Conflicts between the selector policies in `matched` (oldest first).
     pub(crate) fn workload_conflicts(&self, matched: &[u32], out: &mut Vec<Diagnostic>) {
         let Some(w) = self.workload_winner(matched) else {
             return;
@@ -332,7 +323,7 @@ impl PeerIndex {
         let winner = &self.policies[w as usize];
         for &i in matched {
             let p = &self.policies[i as usize];
-            if i != w && p.scope == PeerScope::Workload && p.competes() {
+            if i != w && p.scope == PeerScope::Workload {
                 out.push(conflict(p, winner, "workload"));
             }
         }

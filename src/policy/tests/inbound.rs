@@ -308,15 +308,15 @@ fn cases() -> Vec<Case> {
             decided_by: &[("default", "timed", Scope::Namespace)],
         },
         Case {
-            name: "an older policy that sets nothing does not compete",
+            name: "an older policy that sets nothing still wins its scope (as in Istio)",
             mesh: Mesh::new()
                 .pa("default", "older-unset", Some(1), json!({}))
                 .pa("default", "newer", Some(2), mode("STRICT")),
             namespace: "default",
             labels: app,
-            mode: Strict,
+            mode: Permissive,
             ports: &[],
-            decided_by: &[("default", "newer", Scope::Namespace)],
+            decided_by: &[],
         },
         Case {
             name: "port entry overrides its port only",
