@@ -333,7 +333,7 @@ impl PolicyEngine {
         let mut expected_identities = Vec::new();
         if let Some(s) = service {
             let wants_identities = match &tls {
-                None => true,
+                None => false,
                 Some(t) => {
                     t.effective_mode() == TlsMode::IstioMutual && t.subject_alt_names.is_empty()
                 }
@@ -358,11 +358,15 @@ impl PolicyEngine {
                 let Some(container_port) = container_port(workload, &target, port) else {
                     continue;
                 };
-                if wants_identities {
-                    expected_identities.push(self.spiffe_id(workload));
-                }
                 if tls.is_none() {
-                    endpoints.push(self.endpoint_decision(w, workload, container_port));
+                    let decision = self.endpoint_decision(w, workload, container_port);
+                    // Under auto mTLS only the endpoints reached over mTLS present an identity.
+                    if decision.mtls {
+                        expected_identities.push(self.spiffe_id(workload));
+                    }
+                    endpoints.push(decision);
+                } else if wants_identities {
+                    expected_identities.push(self.spiffe_id(workload));
                 }
             }
             expected_identities.sort();
@@ -407,20 +411,17 @@ impl PolicyEngine {
             return EndpointDecision {
                 workload: name,
                 mtls: false,
-                reason: format!(
-                    "no {TLS_MODE_LABEL}={TLS_MODE_PALISADE} label (no proxy): plaintext"
-                ),
+                reason: format!("not meshed: no {TLS_MODE_LABEL}={TLS_MODE_PALISADE} label"),
             };
         }
         let mode = self
             .peers
             .mode_for_port(self.workload_modes[index as usize], port);
         let mtls = mode != crate::api::MtlsMode::Disable;
-        let outcome = if mtls { "mutual TLS" } else { "plaintext" };
         EndpointDecision {
             workload: name,
             mtls,
-            reason: format!("meshed; inbound mode {mode} on port {port}: {outcome}"),
+            reason: format!("meshed, inbound mode {mode} on port {port}"),
         }
     }
 
