@@ -24,13 +24,17 @@ fmt-check:
 crds:
 	$(CARGO) run -q --locked -- crds --out-dir crds
 
-## crypto-check: aws-lc-rs is the only crypto provider; `ring` must not be in the graph.
+## crypto-check: aws-lc-rs is the only crypto provider: neither ring nor OpenSSL is built for
+## any target (Cargo.lock may still list ring as an optional dependency that is never enabled).
 crypto-check:
-	@if grep -q '^name = "ring"$$' Cargo.lock; then \
-		echo "crypto-check: the ring crate is in Cargo.lock; Palisade uses aws-lc-rs only:"; \
-		$(CARGO) tree --locked -i ring; exit 1; \
-	fi
-	@echo "crypto-check: ok (no ring in Cargo.lock)"
+	@for crate in ring openssl-sys; do \
+		if [ -n "$$($(CARGO) tree -q --locked -e all --target all -i $$crate 2>/dev/null)" ]; then \
+			echo "crypto-check: $$crate is in the dependency graph; Palisade uses aws-lc-rs only:"; \
+			$(CARGO) tree --locked -e all --target all -i $$crate; exit 1; \
+		fi; \
+	done
+	@[ -n "$$($(CARGO) tree -q --locked -e normal -i aws-lc-rs 2>/dev/null)" ] || { echo "crypto-check: aws-lc-rs is missing"; exit 1; }
+	@echo "crypto-check: ok (aws-lc-rs only; no ring, no openssl-sys)"
 
 ## tools: install what the tests need on a fresh machine (as root where packages are missing).
 tools:
