@@ -121,8 +121,7 @@ impl LocalJwtKey {
             nbf: now,
             iat: now,
         };
-        let encode = |v: &dyn erased::Json| v.to_b64();
-        let signing_input = format!("{}.{}", encode(&header), encode(&claims));
+        let signing_input = format!("{}.{}", b64_json(&header), b64_json(&claims));
         let sig = self
             .key
             .sign(&SystemRandom::new(), signing_input.as_bytes())
@@ -139,18 +138,9 @@ impl LocalJwtKey {
     }
 }
 
-/// serde_json to base64url without making `issue` generic over each claim type.
-mod erased {
-    pub trait Json {
-        fn to_b64(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_b64(&self) -> String {
-            use base64::Engine as _;
-            // Serializing these plain structs cannot fail.
-            super::B64.encode(serde_json::to_vec(self).unwrap_or_default())
-        }
-    }
+/// base64url(JSON) of a token part; serializing these plain structs cannot fail.
+fn b64_json<T: Serialize>(value: &T) -> String {
+    B64.encode(serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// Verifies standalone tokens: ES256 signature by the state-dir key, `iss`, `aud` (one of the

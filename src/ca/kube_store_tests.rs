@@ -177,8 +177,12 @@ async fn api_errors_and_malformed_secrets_are_errors() {
             .unwrap()
             .remove("ca-key.pem");
         expect_get(&mut handle, (StatusCode::OK, partial)).await;
+        let huge = "x".repeat(MAX_VALUE_BYTES + 1);
+        expect_get(&mut handle, (StatusCode::OK, secret_json("k", &huge, "1"))).await;
     });
     assert!(matches!(store.load().await, Err(StoreError::Kube { .. })));
     assert!(matches!(store.load().await, Err(StoreError::Malformed(_))));
+    let oversize = store.load().await;
+    assert!(matches!(&oversize, Err(StoreError::Malformed(m)) if m.contains("oversize")));
     server.await.unwrap();
 }

@@ -178,7 +178,11 @@ async fn load_ca(
     let store: Arc<dyn KeyStore> = match (&config.state_dir, client) {
         (Some(dir), _) => Arc::new(DirStore::new(dir)),
         (None, Some(client)) => Arc::new(KubeSecretStore::new(client.clone(), &config.namespace)),
-        (None, None) => unreachable_store()?,
+        (None, None) => {
+            return Err(ServerError::Task(
+                "in-cluster mode needs a Kubernetes client".into(),
+            ));
+        }
     };
     let signing = crate::ca::bootstrap_self_signed(store.as_ref(), now).await?;
     let bundle = TrustBundle::new(signing.root().clone());
@@ -187,12 +191,6 @@ async fn load_ca(
         authority: Arc::new(authority),
         self_signed_store: Some(store),
     })
-}
-
-fn unreachable_store() -> Result<Arc<dyn KeyStore>, ServerError> {
-    Err(ServerError::Task(
-        "in-cluster mode needs a Kubernetes client".into(),
-    ))
 }
 
 /// Starts the control plane: loads or creates the CA, binds the listeners, and returns once
