@@ -227,3 +227,7 @@ pub fn spawn_root_renewal(
 #[cfg(test)]
 #[path = "issue_tests.rs"]
 mod issue_tests;
+
+#[cfg(test)]
+#[path = "bootstrap_tests.rs"]
+mod bootstrap_tests;
