@@ -98,11 +98,35 @@ fn authority_adds_a_renewed_root_to_the_bundle() {
     let bundle = TrustBundle::new(first.root().clone());
     let metrics = crate::metrics::CaMetrics::default();
     let authority = Authority::new(first, bundle, IssuancePolicy::default(), metrics.clone());
-    let mut changes = authority.subscribe_bundle();
+    let changes = authority.subscribe_bundle();
     let second = make(now);
     let second_root = second.root().clone();
     authority.set_signing(second);
     assert!(changes.has_changed().unwrap());
     assert_eq!(authority.trust_bundle().roots().len(), 2);
     assert_eq!(authority.signing().root(), &second_root);
+}
+
+#[tokio::test]
+async fn renewal_restores_a_deleted_store_instead_of_making_a_new_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = DirStore::new(dir.path());
+    let ca = bootstrap_self_signed(&store, SystemTime::now())
+        .await
+        .unwrap();
+    let root = ca.cert_der().clone();
+    let authority = Authority::new(
+        ca,
+        TrustBundle::new(root.clone()),
+        IssuancePolicy::default(),
+        crate::metrics::CaMetrics::default(),
+    );
+    std::fs::remove_dir_all(dir.path().join("ca")).unwrap();
+    renew_once(&authority, &store).await.unwrap();
+    let stored = store.load().await.unwrap().expect("written back");
+    assert_eq!(
+        pem::parse_certs(stored.cert_pem.as_bytes()).unwrap()[0],
+        root
+    );
+    assert_eq!(authority.signing().cert_der(), &root);
 }

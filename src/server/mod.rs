@@ -94,6 +94,7 @@ pub struct Running {
     pub authority: Arc<Authority>,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
     servers: Vec<JoinHandle<Result<(), String>>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -101,6 +102,8 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits for the servers to end.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        // Not ready first, so load balancers stop sending while in-flight requests finish.
+        self.ready.store(false, Ordering::Release);
         self.shutdown.send_replace(true);
         for task in &self.background {
             task.abort();
@@ -309,6 +312,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         authority,
         metrics,
         shutdown,
+        ready,
         servers: vec![grpc, monitor],
         background,
     })
