@@ -75,6 +75,43 @@ fn raw_rate(threads: usize, secs: Duration) -> (f64, f64) {
     (n / start.elapsed().as_secs_f64(), n / cpu.max(1e-9))
 }
 
+/// Issuance without the network: CSR parse + verify + sign + PEM, one thread, per CPU-second.
+fn core_rate(secs: Duration) -> f64 {
+    let now = SystemTime::now();
+    let (key, cert) = palisade::ca::authority::generate_root(now).expect("root");
+    let cert = palisade::ca::pem::parse_certs(cert.as_bytes())
+        .expect("pem")
+        .remove(0);
+    let ca = palisade::ca::SigningCa::new(&key, cert, Vec::new()).expect("ca");
+    let policy = palisade::ca::IssuancePolicy::default();
+    let id = Identity::new("bench", "core").expect("id");
+    let csrs: Vec<String> = (0..64)
+        .map(|_| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::default();
+            params
+                .serialize_request(&key)
+                .expect("csr")
+                .pem()
+                .expect("pem")
+        })
+        .collect();
+    let (start, cpu_start) = (Instant::now(), thread_cpu());
+    let mut n = 0usize;
+    while start.elapsed() < secs {
+        let issued = ca
+            .issue_workload(&policy, &id, &csrs[n % csrs.len()], 0, now)
+            .expect("issue");
+        std::hint::black_box(issued);
+        n += 1;
+    }
+    n as f64
+        / thread_cpu()
+            .saturating_sub(cpu_start)
+            .as_secs_f64()
+            .max(1e-9)
+}
+
 /// CPU time (user + system, all threads) the process `pid` has used so far, from the
 /// scheduler's nanosecond counters.
 fn process_cpu(pid: u32) -> Duration {
@@ -247,6 +284,7 @@ fn main() {
         .unwrap_or(1);
     let (raw1, raw1_cpu) = raw_rate(1, secs);
     let (raw_all, _) = raw_rate(cores, secs);
+    let core = core_rate(secs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -258,6 +296,10 @@ fn main() {
         "raw ECDSA P-256 verify+sign, 1 thread:  {raw1:>8.0} pairs/s ({raw1_cpu:.0} per CPU-second)"
     );
     println!("raw ECDSA P-256 verify+sign, {cores} threads: {raw_all:>8.0} pairs/s");
+    println!(
+        "issuance without network, 1 thread: {core:.0} certs per CPU-second ({:.1}% of raw)",
+        100.0 * core / raw1_cpu
+    );
     println!(
         "end-to-end CreateCertificate, client and server sharing the machine \
          ({CONNECTIONS} conns x {IN_FLIGHT_PER_CONNECTION} in flight): {:.0} certs/s ({} failed)",
