@@ -137,7 +137,7 @@ struct E2e {
 
 /// The real `palisade controller --standalone` binary as a separate process (so its CPU time
 /// can be measured apart from the client's), driven over TLS by tonic clients in this process.
-async fn end_to_end(secs: Duration) -> E2e {
+async fn end_to_end(secs: Duration, server_cpu: Option<usize>) -> E2e {
     let dir = tempfile_dir();
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
@@ -146,7 +146,16 @@ async fn end_to_end(secs: Duration) -> E2e {
             .expect("addr")
     };
     let (grpc, monitor) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+    let mut command = match server_cpu {
+        // Pinned: the server gets one core to itself (and so one tokio worker).
+        Some(cpu) => {
+            let mut c = tokio::process::Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_palisade")]);
+            c
+        }
+        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_palisade")),
+    };
+    let mut child = command
         .args(["controller", "--standalone", "--state-dir"])
         .arg(&dir)
         .arg("--config-dir")
@@ -289,7 +298,25 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let e2e = runtime.block_on(end_to_end(secs));
+    let e2e = runtime.block_on(end_to_end(secs, None));
+    drop(runtime);
+    // Pinned run: server alone on CPU 0, this process (the client) on CPU 1, so the server's
+    // single core is compared with the raw single-thread rate. Last, since it pins us.
+    let pinned = (cores >= 2).then(|| {
+        let me = std::process::id().to_string();
+        let ok = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &me])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "taskset is needed for the pinned run (util-linux)");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(end_to_end(secs, Some(0)))
+    });
     let per_core = 1.0 / e2e.server_cpu_per_cert.as_secs_f64();
     println!("cores: {cores}, phase length: {} s", secs.as_secs());
     println!(
@@ -317,4 +344,17 @@ fn main() {
         "ratio end-to-end (client included) / raw {cores} threads: {:.1}%",
         100.0 * e2e.certs_per_sec / raw_all
     );
+    if let Some(p) = pinned {
+        println!(
+            "pinned: server alone on CPU 0, client on CPU 1: {:.0} certs/s ({} failed), \
+             server CPU per certificate {:.1} us",
+            p.certs_per_sec,
+            p.failed,
+            p.server_cpu_per_cert.as_secs_f64() * 1e6
+        );
+        println!(
+            "ratio pinned end-to-end / raw 1 thread: {:.1}%",
+            100.0 * p.certs_per_sec / raw1
+        );
+    }
 }
