@@ -280,6 +280,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(256)
+        // Headers carry the bearer token (<= 16 KiB, checked later with a clear error); the
+        // header list as a whole is capped so no caller can make us hold more.
+        .http2_max_header_list_size(32 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
     let grpc = tokio::spawn(async move { grpc.await.map_err(|e| format!("gRPC server: {e}")) });

@@ -194,13 +194,14 @@ async fn missing_and_bad_credentials_are_unauthenticated() {
             "foreign key",
             Some(token(other_dir.path(), "a", "b", "palisade-ca")),
         ),
+        ("oversize token", Some("x".repeat(20 * 1024))),
     ];
     for (what, tok) in cases {
         let status = ca
             .create_certificate(request(&csr, 0, tok.as_deref()))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "{what}");
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
         assert_eq!(
             status.message(),
             "unauthenticated",
@@ -208,7 +209,10 @@ async fn missing_and_bad_credentials_are_unauthenticated() {
         );
     }
     let metrics = http_get(running.monitor_addr, "/metrics").await;
-    assert!(metrics.contains("palisade_ca_certs_refused_total{reason=\"unauthenticated\"} 4"));
+    assert!(
+        metrics.contains("palisade_ca_certs_refused_total{reason=\"unauthenticated\"} 5"),
+        "{metrics}"
+    );
     running.shutdown().await.unwrap();
 }
 
