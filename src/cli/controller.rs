@@ -91,6 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .try_init();
     let config = args.to_config()?;
+    // One crypto provider for the whole process, chosen before anything builds a TLS config.
+    server::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let running = server::start(config)
