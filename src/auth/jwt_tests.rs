@@ -132,3 +132,19 @@ fn non_service_account_subject_is_rejected() {
     let token = format!("{input}.{}", B64.encode(sig.as_ref()));
     assert!(rejected(&auth, &token, SystemTime::now()).contains("serviceaccount"));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// No string is accepted that the key did not sign, and none panics the verifier.
+        #[test]
+        fn arbitrary_tokens_never_authenticate(token in "[A-Za-z0-9_.=-]{0,600}") {
+            let (_d, _key, auth) = setup();
+            prop_assert!(auth.verify(&token, SystemTime::now()).is_err());
+        }
+    }
+}
