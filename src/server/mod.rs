@@ -199,11 +199,25 @@ async fn load_ca(
 /// Starts the control plane: loads or creates the CA, binds the listeners, and returns once
 /// everything is serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    install_crypto_provider();
-    let metrics = Arc::new(Metrics::new());
     let client = match config.state_dir {
         Some(_) => None,
         None => Some(kube::Client::try_default().await?),
+    };
+    start_with_client(config, client).await
+}
+
+/// [`start`] with a given Kubernetes client (in-cluster mode; tests pass a mocked one).
+/// `client` is ignored in standalone mode.
+pub async fn start_with_client(
+    config: Config,
+    client: Option<kube::Client>,
+) -> Result<Running, ServerError> {
+    install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let client = if config.state_dir.is_some() {
+        None
+    } else {
+        client
     };
     let ca = load_ca(&config, client.as_ref(), &metrics).await?;
     let authority = ca.authority.clone();
