@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{AuthError, Authenticator, Identity, check_token_size};
 use crate::ca::authority::unix_secs;
 use crate::ca::pem;
-use crate::ca::store::{read_bounded, write_private};
+use crate::ca::store::{create_private_dir, publish_private_once, read_bounded};
 
 /// `iss` of standalone tokens.
 pub const ISSUER: &str = "palisade-standalone";
@@ -69,7 +69,8 @@ pub struct LocalJwtKey {
 
 impl LocalJwtKey {
     /// Loads `<state_dir>/token-signing-key.pem`, creating it on first use. Two processes
-    /// creating at once both end up with the file that won (create_new is atomic).
+    /// creating at once both end up with the one file that was published first, and neither
+    /// can read a half-written key.
     pub fn load_or_create(state_dir: &Path) -> Result<Self, JwtError> {
         let path = state_dir.join(KEY_FILE);
         let err = |msg: String| JwtError::Key {
@@ -77,19 +78,15 @@ impl LocalJwtKey {
             msg,
         };
         if !path.exists() {
-            std::fs::create_dir_all(state_dir).map_err(|e| err(e.to_string()))?;
+            create_private_dir(state_dir).map_err(|e| err(e.to_string()))?;
             let doc = EcdsaKeyPair::generate_pkcs8(
                 &ECDSA_P256_SHA256_FIXED_SIGNING,
                 &SystemRandom::new(),
             )
             .map_err(|_| err("key generation failed".into()))?;
             let text = pem::encode("PRIVATE KEY", doc.as_ref());
-            match write_private(&path, text.as_bytes()) {
-                Ok(()) => {}
-                // Someone else created it between our check and our write: use theirs.
-                Err(_) if path.exists() => {}
-                Err(e) => return Err(err(e.to_string())),
-            }
+            // Losing the race (false) means another process published first: use theirs.
+            publish_private_once(&path, text.as_bytes()).map_err(|e| err(e.to_string()))?;
         }
         let text = read_bounded(&path).map_err(|e| err(e.to_string()))?;
         let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(text.as_bytes())
@@ -121,8 +118,7 @@ impl LocalJwtKey {
             nbf: now,
             iat: now,
         };
-        let encode = |v: &dyn erased::Json| v.to_b64();
-        let signing_input = format!("{}.{}", encode(&header), encode(&claims));
+        let signing_input = format!("{}.{}", b64_json(&header), b64_json(&claims));
         let sig = self
             .key
             .sign(&SystemRandom::new(), signing_input.as_bytes())
@@ -139,18 +135,9 @@ impl LocalJwtKey {
     }
 }
 
-/// serde_json to base64url without making `issue` generic over each claim type.
-mod erased {
-    pub trait Json {
-        fn to_b64(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_b64(&self) -> String {
-            use base64::Engine as _;
-            // Serializing these plain structs cannot fail.
-            super::B64.encode(serde_json::to_vec(self).unwrap_or_default())
-        }
-    }
+/// base64url(JSON) of a token part; serializing these plain structs cannot fail.
+fn b64_json<T: Serialize>(value: &T) -> String {
+    B64.encode(serde_json::to_vec(value).unwrap_or_default())
 }
 
 /// Verifies standalone tokens: ES256 signature by the state-dir key, `iss`, `aud` (one of the

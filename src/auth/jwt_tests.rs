@@ -14,6 +14,30 @@ fn id() -> Identity {
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[test]
+fn racing_key_creation_yields_one_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| LocalJwtKey::load_or_create(&state).unwrap()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().key.public_key().as_ref().to_vec())
+            .collect()
+    });
+    assert!(keys.windows(2).all(|w| w[0] == w[1]));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "a state dir we create is private");
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        1,
+        "temp files cleaned up"
+    );
+}
+
+#[test]
 fn valid_token_is_its_identity() {
     let (_d, key, auth) = setup();
     let token = key
@@ -131,4 +155,20 @@ fn non_service_account_subject_is_rejected() {
         .unwrap();
     let token = format!("{input}.{}", B64.encode(sig.as_ref()));
     assert!(rejected(&auth, &token, SystemTime::now()).contains("serviceaccount"));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// No string is accepted that the key did not sign, and none panics the verifier.
+        #[test]
+        fn arbitrary_tokens_never_authenticate(token in "[A-Za-z0-9_.=-]{0,600}") {
+            let (_d, _key, auth) = setup();
+            prop_assert!(auth.verify(&token, SystemTime::now()).is_err());
+        }
+    }
 }

@@ -295,3 +295,52 @@ fn openssl_verifies_and_reads_the_certificate() {
     }
     assert!(!text.contains("evil.example.com"));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever arrives as a CSR, issuance answers with a caller error and never panics.
+        #[test]
+        fn arbitrary_csr_text_is_refused(text in ".{0,2000}") {
+            let ca = ca_at(SystemTime::now());
+            let err = issue(&ca, &text, 0).unwrap_err();
+            prop_assert!(err.is_caller_error());
+        }
+
+        /// Garbage wrapped in a CSR PEM envelope too.
+        #[test]
+        fn arbitrary_csr_der_is_refused(der in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let ca = ca_at(SystemTime::now());
+            let err = issue(&ca, &pem::encode("CERTIFICATE REQUEST", &der), 0).unwrap_err();
+            prop_assert!(err.is_caller_error());
+        }
+
+        /// The certificate names exactly the authenticated identity, whatever the CSR asked for.
+        #[test]
+        fn san_is_always_the_identity(
+            names in proptest::collection::vec("[a-z]{1,10}\\.[a-z]{2,5}", 0..4),
+            ns in "[a-z][a-z0-9-]{0,20}[a-z0-9]",
+            sa in "[a-z][a-z0-9-]{0,20}[a-z0-9]",
+        ) {
+            let ca = ca_at(SystemTime::now());
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(names).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, "admin");
+            let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+            let id = Identity::new(&ns, &sa).unwrap();
+            let issued = ca
+                .issue_workload(&IssuancePolicy::default(), &id, &csr, 0, SystemTime::now())
+                .unwrap();
+            let der = pem::parse_certs(issued.chain_pem[0].as_bytes()).unwrap().remove(0);
+            let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+            prop_assert_eq!(cert.subject().iter().count(), 0);
+            let san = cert.subject_alternative_name().unwrap().unwrap();
+            let want = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+            prop_assert_eq!(san.value.general_names.clone(), vec![GeneralName::URI(&want)]);
+        }
+    }
+}

@@ -73,11 +73,11 @@ pub fn classify(spki: &SubjectPublicKeyInfo<'_>) -> Result<KeyType, KeyError> {
 
 /// Bit length of a big-endian unsigned integer (x509-parser's own count is off for some forms).
 fn modulus_bits(modulus: &[u8]) -> usize {
-    let trimmed: &[u8] = match modulus.iter().position(|&b| b != 0) {
-        Some(i) => &modulus[i..],
-        None => return 0,
-    };
-    trimmed.len() * 8 - trimmed[0].leading_zeros() as usize
+    let mut significant = modulus.iter().skip_while(|&&b| b == 0);
+    match significant.next() {
+        Some(first) => (significant.count() + 1) * 8 - first.leading_zeros() as usize,
+        None => 0,
+    }
 }
 
 /// Verifies `signature` over `message` with the key in `spki`, for the algorithm `sig_alg`.

@@ -177,8 +177,46 @@ async fn api_errors_and_malformed_secrets_are_errors() {
             .unwrap()
             .remove("ca-key.pem");
         expect_get(&mut handle, (StatusCode::OK, partial)).await;
+        let huge = "x".repeat(MAX_VALUE_BYTES + 1);
+        expect_get(&mut handle, (StatusCode::OK, secret_json("k", &huge, "1"))).await;
     });
     assert!(matches!(store.load().await, Err(StoreError::Kube { .. })));
     assert!(matches!(store.load().await, Err(StoreError::Malformed(_))));
+    let oversize = store.load().await;
+    assert!(matches!(&oversize, Err(StoreError::Malformed(m)) if m.contains("oversize")));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn plugin_secret_is_read_from_cacerts() {
+    let (client, mut handle) = mock();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.uri().path(), format!("{PATH}/cacerts"));
+        respond(send, StatusCode::NOT_FOUND, status(404, "NotFound"));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().path(), format!("{PATH}/cacerts"));
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "cacerts", "namespace": "palisade-system"},
+            "data": {"ca-cert.pem": "Y2VydA==", "ca-key.pem": "a2V5"}});
+        respond(send, StatusCode::OK, secret);
+    });
+    let absent = crate::ca::plugin::read_secret(client.clone(), "palisade-system")
+        .await
+        .unwrap();
+    assert!(absent.is_none());
+    let files = crate::ca::plugin::read_secret(client, "palisade-system")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        files.get("ca-cert.pem").map(Vec::as_slice),
+        Some(&b"cert"[..])
+    );
+    assert_eq!(
+        files.get("ca-key.pem").map(Vec::as_slice),
+        Some(&b"key"[..])
+    );
     server.await.unwrap();
 }

@@ -205,6 +205,9 @@ pub async fn renew_if_due(
 }
 
 /// Periodically re-checks the stored root and swaps a renewed one into `authority`.
+///
+/// It never generates a new key: if the stored CA has vanished (someone deleted the Secret),
+/// the material in use is written back, because a fresh root would silently split trust.
 pub fn spawn_root_renewal(
     authority: Arc<Authority>,
     store: Arc<dyn KeyStore>,
@@ -213,17 +216,39 @@ pub fn spawn_root_renewal(
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            match bootstrap_self_signed(store.as_ref(), SystemTime::now()).await {
-                Ok(ca) if ca.cert_der() != authority.signing().cert_der() => {
-                    authority.set_signing(ca)
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "root CA renewal check failed; will retry"),
+            if let Err(e) = renew_once(&authority, store.as_ref()).await {
+                tracing::warn!(error = %e, "root CA renewal check failed; will retry");
             }
         }
     })
 }
 
+async fn renew_once(authority: &Authority, store: &dyn KeyStore) -> Result<(), BootstrapError> {
+    let stored = match store.load().await? {
+        Some(stored) => stored,
+        None => {
+            let current = authority.signing();
+            tracing::warn!("the stored CA is gone; writing back the root in use");
+            let restore = StoredCa {
+                key_pem: current.key_pem().to_string(),
+                cert_pem: pem::cert_to_pem(current.cert_der()),
+                version: None,
+            };
+            store.create_if_absent(&restore).await?
+        }
+    };
+    let stored = renew_if_due(store, stored, SystemTime::now()).await?;
+    let ca = signing_from_stored(&stored)?;
+    if ca.cert_der() != authority.signing().cert_der() {
+        authority.set_signing(ca);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[path = "issue_tests.rs"]
 mod issue_tests;
+
+#[cfg(test)]
+#[path = "bootstrap_tests.rs"]
+mod bootstrap_tests;

@@ -156,3 +156,14 @@ fn missing_files_name_the_layouts() {
         err(&files)
     );
 }
+
+#[test]
+fn oversize_files_are_refused() {
+    let mut files = istio_files(&external(true));
+    files.insert("cert-chain.pem".into(), vec![b'a'; MAX_FILE_BYTES + 1]);
+    assert!(
+        err(&files).contains("cert-chain.pem: larger than 1 MiB"),
+        "{}",
+        err(&files)
+    );
+}

@@ -94,7 +94,7 @@ impl DirStore {
     }
 
     fn create_sync(&self, ca: &StoredCa) -> Result<StoredCa, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(Self::io(&self.dir))?;
+        create_private_dir(&self.dir).map_err(Self::io(&self.dir))?;
         let tmp = self
             .dir
             .join(format!(".ca-{}-{}", std::process::id(), unique_suffix()));
@@ -155,6 +155,33 @@ pub(crate) fn read_bounded(path: &Path) -> Result<String, StoreError> {
     let bytes = std::fs::read(path).map_err(io)?;
     String::from_utf8(bytes)
         .map_err(|_| StoreError::Malformed(format!("{} is not UTF-8", path.display())))
+}
+
+/// Creates `dir` (and parents) as 0700 if missing; an existing directory is left as it is.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Publishes `data` at `path` only if nothing is there yet, atomically: readers see either no
+/// file or the complete one (temp file, then link(2), which fails when `path` exists).
+/// Returns false when another writer got there first.
+pub(crate) fn publish_private_once(path: &Path, data: &[u8]) -> Result<bool, StoreError> {
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
+    write_private(&tmp, data)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Writes a new file readable by its owner only (0600 from creation, never wider).

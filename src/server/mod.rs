@@ -94,6 +94,7 @@ pub struct Running {
     pub authority: Arc<Authority>,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
     servers: Vec<JoinHandle<Result<(), String>>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -101,6 +102,8 @@ pub struct Running {
 impl Running {
     /// Stops accepting, lets in-flight requests finish, and waits for the servers to end.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        // Not ready first, so load balancers stop sending while in-flight requests finish.
+        self.ready.store(false, Ordering::Release);
         self.shutdown.send_replace(true);
         for task in &self.background {
             task.abort();
@@ -178,7 +181,11 @@ async fn load_ca(
     let store: Arc<dyn KeyStore> = match (&config.state_dir, client) {
         (Some(dir), _) => Arc::new(DirStore::new(dir)),
         (None, Some(client)) => Arc::new(KubeSecretStore::new(client.clone(), &config.namespace)),
-        (None, None) => unreachable_store()?,
+        (None, None) => {
+            return Err(ServerError::Task(
+                "in-cluster mode needs a Kubernetes client".into(),
+            ));
+        }
     };
     let signing = crate::ca::bootstrap_self_signed(store.as_ref(), now).await?;
     let bundle = TrustBundle::new(signing.root().clone());
@@ -189,20 +196,28 @@ async fn load_ca(
     })
 }
 
-fn unreachable_store() -> Result<Arc<dyn KeyStore>, ServerError> {
-    Err(ServerError::Task(
-        "in-cluster mode needs a Kubernetes client".into(),
-    ))
-}
-
 /// Starts the control plane: loads or creates the CA, binds the listeners, and returns once
 /// everything is serving.
 pub async fn start(config: Config) -> Result<Running, ServerError> {
-    install_crypto_provider();
-    let metrics = Arc::new(Metrics::new());
     let client = match config.state_dir {
         Some(_) => None,
         None => Some(kube::Client::try_default().await?),
+    };
+    start_with_client(config, client).await
+}
+
+/// [`start`] with a given Kubernetes client (in-cluster mode; tests pass a mocked one).
+/// `client` is ignored in standalone mode.
+pub async fn start_with_client(
+    config: Config,
+    client: Option<kube::Client>,
+) -> Result<Running, ServerError> {
+    install_crypto_provider();
+    let metrics = Arc::new(Metrics::new());
+    let client = if config.state_dir.is_some() {
+        None
+    } else {
+        client
     };
     let ca = load_ca(&config, client.as_ref(), &metrics).await?;
     let authority = ca.authority.clone();
@@ -279,6 +294,11 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
+        .max_concurrent_streams(256)
+        // Headers carry the bearer token (<= 16 KiB, checked later with a clear error); the
+        // header list as a whole is capped so no caller can make us hold more.
+        .http2_max_header_list_size(32 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
     let grpc = tokio::spawn(async move { grpc.await.map_err(|e| format!("gRPC server: {e}")) });
@@ -311,6 +331,7 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
         authority,
         metrics,
         shutdown,
+        ready,
         servers: vec![grpc, monitor],
         background,
     })

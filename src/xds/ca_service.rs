@@ -134,21 +134,5 @@ impl IstioCertificateService for CaService {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn md(value: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        m.insert("authorization", value.parse().unwrap());
-        m
-    }
-
-    #[test]
-    fn bearer_parsing() {
-        assert_eq!(bearer_token(&md("Bearer abc")), Some(Ok("abc")));
-        assert_eq!(bearer_token(&md("bearer  abc ")), Some(Ok("abc")));
-        assert!(matches!(bearer_token(&md("Basic abc")), Some(Err(_))));
-        assert!(matches!(bearer_token(&md("abc")), Some(Err(_))));
-        assert_eq!(bearer_token(&MetadataMap::new()), None);
-    }
-}
+#[path = "ca_service_tests.rs"]
+mod tests;

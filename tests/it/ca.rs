@@ -194,13 +194,14 @@ async fn missing_and_bad_credentials_are_unauthenticated() {
             "foreign key",
             Some(token(other_dir.path(), "a", "b", "palisade-ca")),
         ),
+        ("oversize token", Some("x".repeat(20 * 1024))),
     ];
     for (what, tok) in cases {
         let status = ca
             .create_certificate(request(&csr, 0, tok.as_deref()))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated, "{what}");
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
         assert_eq!(
             status.message(),
             "unauthenticated",
@@ -208,7 +209,10 @@ async fn missing_and_bad_credentials_are_unauthenticated() {
         );
     }
     let metrics = http_get(running.monitor_addr, "/metrics").await;
-    assert!(metrics.contains("palisade_ca_certs_refused_total{reason=\"unauthenticated\"} 4"));
+    assert!(
+        metrics.contains("palisade_ca_certs_refused_total{reason=\"unauthenticated\"} 5"),
+        "{metrics}"
+    );
     running.shutdown().await.unwrap();
 }
 
@@ -241,7 +245,7 @@ async fn bad_requests_are_invalid_argument() {
         .create_certificate(request(&huge, 0, Some(&tok)))
         .await
         .unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     running.shutdown().await.unwrap();
 }
 
@@ -374,4 +378,70 @@ async fn binary_token_and_clean_sigterm() {
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     let status = status.expect("controller exits after SIGTERM").unwrap();
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// The serving certificate is renewed in the background and new TLS handshakes get the new
+/// one without any restart.
+#[tokio::test]
+async fn serving_certificate_hot_reload() {
+    use palisade::ca::serving::{self, ServingResolver, ServingSpec};
+    server::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let store = palisade::ca::DirStore::new(dir.path());
+    let signing = palisade::ca::bootstrap_self_signed(&store, SystemTime::now())
+        .await
+        .unwrap();
+    let root = signing.root().clone();
+    let authority = Arc::new(palisade::ca::Authority::new(
+        signing,
+        palisade::ca::TrustBundle::new(root.clone()),
+        palisade::ca::IssuancePolicy::default(),
+        palisade::metrics::CaMetrics::default(),
+    ));
+    // A 3-second certificate is renewed two seconds in.
+    let spec = ServingSpec {
+        ttl: Duration::from_secs(3),
+        ..ServingSpec::for_service("palisade", "ns", true)
+    };
+    let (rx, renewal) = serving::start(authority, spec).unwrap();
+    let config =
+        palisade::server::tls::server_config(Arc::new(ServingResolver::new(rx)), None, &[b"h2"])
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut incoming = palisade::server::tls::incoming(listener, Arc::new(config));
+    tokio::spawn(async move { while incoming.recv().await.is_some() {} });
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    let client = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let presented = || {
+        let client = client.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(client)
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+        }
+    };
+    let first = presented().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if presented().await != first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serving certificate was not renewed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    renewal.abort();
 }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary with modules (one per subsystem), to keep link time down.
 
 mod ca;
+mod ca_cluster;
 mod crds;
 mod explain;
 mod support;

@@ -1,0 +1,150 @@
+//! In-cluster mode against a mocked API server (tower-test): the control plane looks for the
+//! plug-in CA Secret, creates the self-signed root in Secret `palisade-ca`, and authenticates a
+//! CSR with a TokenReview carrying the caller's token and the `palisade-ca` audience.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use palisade::server::{self, Config};
+use palisade::xds::proto::istio_v1_auth::IstioCertificateRequest;
+use palisade::xds::proto::istio_v1_auth::istio_certificate_service_client::IstioCertificateServiceClient;
+use serde_json::{Value, json};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// What the fake API server saw, in order: "VERB path".
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn reply(code: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap();
+    Response::builder()
+        .status(code)
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+}
+
+/// A minimal API server: Secrets (get/create) and TokenReviews ("good-token" is default/web).
+async fn api_server(mut handle: Handle, log: Log, reviews: Arc<Mutex<Vec<Value>>>) {
+    let mut stored: Option<Value> = None;
+    while let Some((req, send)) = handle.next_request().await {
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        log.lock().unwrap().push(format!("{method} {path}"));
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+            .unwrap_or(Value::Null);
+        let secrets = "/api/v1/namespaces/palisade-system/secrets";
+        let response = match (method, path.as_str()) {
+            (Method::GET, p) if p == format!("{secrets}/cacerts") => {
+                reply(StatusCode::NOT_FOUND, &not_found())
+            }
+            (Method::GET, p) if p == format!("{secrets}/palisade-ca") => match &stored {
+                Some(s) => reply(StatusCode::OK, s),
+                None => reply(StatusCode::NOT_FOUND, &not_found()),
+            },
+            (Method::POST, p) if p == secrets => {
+                let mut created = body;
+                created["metadata"]["resourceVersion"] = json!("1");
+                created["metadata"]["namespace"] = json!("palisade-system");
+                stored = Some(created.clone());
+                reply(StatusCode::CREATED, &created)
+            }
+            (Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
+                reviews.lock().unwrap().push(body["spec"].clone());
+                let ok = body["spec"]["token"] == "good-token";
+                let status = if ok {
+                    json!({"authenticated": true, "audiences": ["palisade-ca"],
+                           "user": {"username": "system:serviceaccount:default:web"}})
+                } else {
+                    json!({"authenticated": false, "error": "invalid bearer token"})
+                };
+                let mut answer = body;
+                answer["status"] = status;
+                reply(StatusCode::CREATED, &answer)
+            }
+            (m, p) => panic!("unexpected request {m} {p}"),
+        };
+        send.send_response(response);
+    }
+}
+
+#[tokio::test]
+async fn in_cluster_mode_creates_the_root_secret_and_uses_token_review() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (log, reviews) = (Log::default(), Arc::new(Mutex::new(Vec::new())));
+    tokio::spawn(api_server(handle, log.clone(), reviews.clone()));
+
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = Config {
+        grpc_addr: loopback,
+        webhook_addr: loopback,
+        monitor_addr: loopback,
+        ..Config::default()
+    };
+    let running = server::start_with_client(config, Some(client))
+        .await
+        .unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "GET /api/v1/namespaces/palisade-system/secrets/cacerts",
+            "GET /api/v1/namespaces/palisade-system/secrets/palisade-ca",
+            "POST /api/v1/namespaces/palisade-system/secrets",
+        ]
+    );
+
+    let root = running.authority.trust_bundle().to_pem();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&root))
+        .domain_name("palisade.palisade-system.svc");
+    let channel = Channel::from_shared(format!("https://{}", running.grpc_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let mut ca = IstioCertificateServiceClient::new(channel.connect().await.unwrap());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let call = |token: &'static str| {
+        let mut req = tonic::Request::new(IstioCertificateRequest {
+            csr: csr.clone(),
+            validity_duration: 0,
+            metadata: None,
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let chain = ca
+        .create_certificate(call("good-token"))
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[1], root);
+    // Cached: the second call makes no TokenReview.
+    ca.create_certificate(call("good-token")).await.unwrap();
+    let denied = ca
+        .create_certificate(call("stolen-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        *reviews.lock().unwrap(),
+        [
+            json!({"token": "good-token", "audiences": ["palisade-ca"]}),
+            json!({"token": "stolen-token", "audiences": ["palisade-ca"]}),
+        ]
+    );
+    running.shutdown().await.unwrap();
+}
