@@ -80,16 +80,6 @@ impl Args {
 
 /// Runs until SIGTERM or SIGINT, then shuts down cleanly.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colour codes only for people; log collectors get plain text (and it is cheaper on
-        // the issuance path, which logs once per certificate).
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .try_init();
     let config = args.to_config()?;
     // One crypto provider for the whole process, chosen before anything builds a TLS config.
     server::install_crypto_provider();
