@@ -96,6 +96,20 @@ fn dr(spec: Value) -> Value {
            "metadata": {"name": "r", "namespace": "foo"}, "spec": spec})
 }
 
+/// Each case: a spec, and the message a CEL rule must reject it with (None: accepted).
+fn assert_cel_cases(kind: &str, wrap: fn(Value) -> Value, cases: &[(Value, Option<&str>)]) {
+    for (spec, expected) in cases {
+        let errors = cel_errors(kind, &wrap(spec.clone()));
+        match expected {
+            None => assert!(errors.is_empty(), "{spec}: unexpected {errors:?}"),
+            Some(text) => assert!(
+                errors.iter().any(|e| e.contains(text)),
+                "{spec}: expected `{text}`, got {errors:?}"
+            ),
+        }
+    }
+}
+
 #[test]
 fn peer_authentication_cel_rules() {
     let cases = [
@@ -125,16 +139,7 @@ fn peer_authentication_cel_rules() {
             Some("between 1 and 65535"),
         ),
     ];
-    for (spec, expected) in cases {
-        let errors = cel_errors("PeerAuthentication", &pa(spec.clone()));
-        match expected {
-            None => assert!(errors.is_empty(), "{spec}: unexpected {errors:?}"),
-            Some(text) => assert!(
-                errors.iter().any(|e| e.contains(text)),
-                "{spec}: expected `{text}`, got {errors:?}"
-            ),
-        }
-    }
+    assert_cel_cases("PeerAuthentication", pa, &cases);
 }
 
 #[test]
@@ -193,16 +198,7 @@ fn destination_rule_cel_rules() {
             Some("credentialName cannot be combined"),
         ),
     ];
-    for (spec, expected) in cases {
-        let errors = cel_errors("DestinationRule", &dr(spec.clone()));
-        match expected {
-            None => assert!(errors.is_empty(), "{spec}: unexpected {errors:?}"),
-            Some(text) => assert!(
-                errors.iter().any(|e| e.contains(text)),
-                "{spec}: expected `{text}`, got {errors:?}"
-            ),
-        }
-    }
+    assert_cel_cases("DestinationRule", dr, &cases);
 }
 
 /// Runs `check-jsonschema` (an independent validator) over `docs` against our CRD schema.

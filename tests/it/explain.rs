@@ -36,21 +36,25 @@ fn inbound(ns: &str, labels: &str, port: Option<&str>) -> Value {
 }
 
 fn outbound(ns: &str, host: &str, port: &str, labels: &str) -> Value {
-    json_of(&[
+    outbound_in(DR, ns, host, port, &["--labels", labels])
+}
+
+fn outbound_in(manifests: &str, ns: &str, host: &str, port: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "policy",
         "explain",
         "outbound",
         "--manifests",
-        DR,
+        manifests,
         "--namespace",
         ns,
         "--host",
         host,
         "--port",
         port,
-        "--labels",
-        labels,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    json_of(&args)
 }
 
 fn decided_by(v: &Value) -> Vec<(String, String)> {
@@ -270,23 +274,10 @@ fn skipped_kinds_are_noted() {
 const SHOP: &str = "examples/shop";
 
 fn shop(ns: &str, host: &str, port: &str, subset: Option<&str>) -> Value {
-    let mut args = vec![
-        "policy",
-        "explain",
-        "outbound",
-        "--manifests",
-        SHOP,
-        "--namespace",
-        ns,
-        "--host",
-        host,
-        "--port",
-        port,
-    ];
-    if let Some(s) = subset {
-        args.extend(["--subset", s]);
+    match subset {
+        Some(s) => outbound_in(SHOP, ns, host, port, &["--subset", s]),
+        None => outbound_in(SHOP, ns, host, port, &[]),
     }
-    json_of(&args)
 }
 
 #[test]
