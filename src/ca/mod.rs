@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod client;
 pub mod keys;
 pub mod kube_store;
 pub mod pem;

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+pub mod certificate;
 pub mod controller;
 mod duration;
 pub mod token;
@@ -30,6 +31,8 @@ pub enum Command {
     Controller(controller::Args),
     /// Standalone mode: print a workload token the standalone CA accepts.
     Token(token::Args),
+    /// Ask a running CA for a workload certificate, as a proxy would (for checks and scripts).
+    Certificate(certificate::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Policy(args) => policy::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Token(args) => token::run(args),
+        Command::Certificate(args) => certificate::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

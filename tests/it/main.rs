@@ -2,6 +2,7 @@
 
 mod ca;
 mod ca_cluster;
+mod certificate_cli;
 mod crds;
 mod explain;
 mod support;

@@ -1,0 +1,180 @@
+//! `palisade certificate`: ask a running control plane for a workload certificate, as a proxy
+//! would. For checking a CA by hand (does this token get a certificate, and with which identity?)
+//! and for scripts.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+
+use crate::ca::client::{CaClient, KeyAlgorithm};
+
+/// Largest token accepted from a file or stdin (a projected token is about 1 KiB).
+const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+
+/// Request a workload certificate from a Palisade (or Istio-compatible) CA.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The CA's gRPC address, `host:port`.
+    #[arg(long, default_value = "localhost:15012")]
+    pub ca_addr: String,
+    /// PEM file of the roots to trust for the CA's own certificate (`root-cert.pem`).
+    #[arg(long, value_name = "FILE")]
+    pub ca_root: PathBuf,
+    /// Name the CA's serving certificate must carry (default: the host of `--ca-addr`).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// File holding the bearer token (`-` for stdin), e.g. the output of `palisade token`.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: PathBuf,
+    /// Key algorithm of the new workload key.
+    #[arg(long, value_enum, default_value_t = KeyType::EcdsaP256)]
+    pub key_type: KeyType,
+    /// Requested lifetime (default: the CA's, 24h unless configured otherwise).
+    #[arg(long, value_parser = super::duration::parse)]
+    pub ttl: Option<Duration>,
+    /// Write `key.pem` (0600) and `cert-chain.pem` here; without it, only the summary prints.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Key algorithms on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyType {
+    /// ECDSA P-256.
+    EcdsaP256,
+    /// ECDSA P-384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// Runs the request and prints the identity, serial and expiry of what was issued.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    crate::server::install_crypto_provider();
+    let root_pem = std::fs::read_to_string(&args.ca_root)
+        .with_context(|| format!("reading {}", args.ca_root.display()))?;
+    let token = read_token(&args.token_file)?;
+    let server_name = match &args.server_name {
+        Some(name) => name.clone(),
+        None => host_of(&args.ca_addr).to_string(),
+    };
+    let algorithm = match args.key_type {
+        KeyType::EcdsaP256 => KeyAlgorithm::EcdsaP256,
+        KeyType::EcdsaP384 => KeyAlgorithm::EcdsaP384,
+        KeyType::Ed25519 => KeyAlgorithm::Ed25519,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let issued = runtime.block_on(async {
+        let mut client = CaClient::connect(&args.ca_addr, &root_pem, &server_name).await?;
+        client.request(&token, algorithm, args.ttl).await
+    })?;
+    let leaf = CertificateDer::from_pem_slice(issued.chain_pem[0].as_bytes())
+        .context("the CA's leaf certificate is not PEM")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| anyhow::anyhow!("the CA's leaf certificate does not parse: {e}"))?;
+    let identities: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .map(|name| name.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("identity:  {}", identities.join(", "));
+    println!("serial:    {}", cert.raw_serial_as_string());
+    println!("not after: {}", cert.validity().not_after);
+    println!("chain:     {} certificates", issued.chain_pem.len());
+    if let Some(dir) = &args.out_dir {
+        write_files(dir, &issued.key_pem, &issued.chain_pem.concat())?;
+        println!(
+            "wrote:     {}/key.pem, {}/cert-chain.pem",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn host_of(addr: &str) -> &str {
+    match addr.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    }
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let mut text = String::new();
+    let source: Box<dyn std::io::Read> = if path == Path::new("-") {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?)
+    };
+    source
+        .take(MAX_TOKEN_BYTES + 1)
+        .read_to_string(&mut text)
+        .context("reading the token")?;
+    if text.len() as u64 > MAX_TOKEN_BYTES {
+        bail!("the token is larger than {MAX_TOKEN_BYTES} bytes");
+    }
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        bail!("the token file is empty");
+    }
+    Ok(token)
+}
+
+fn write_files(dir: &Path, key_pem: &str, chain_pem: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_path = dir.join("key.pem");
+    let mut key = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key_path)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    key.write_all(key_pem.as_bytes())
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    let chain_path = dir.join("cert-chain.pem");
+    std::fs::write(&chain_path, chain_pem)
+        .with_context(|| format!("writing {}", chain_path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_name_defaults_to_the_host() {
+        assert_eq!(host_of("localhost:15012"), "localhost");
+        assert_eq!(
+            host_of("palisade.palisade-system.svc:15012"),
+            "palisade.palisade-system.svc"
+        );
+        assert_eq!(host_of("[::1]:15012"), "::1");
+        assert_eq!(host_of("localhost"), "localhost");
+    }
+
+    #[test]
+    fn tokens_are_bounded_and_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t");
+        std::fs::write(&path, "abc.def.ghi\n").expect("write");
+        assert_eq!(read_token(&path).expect("reads"), "abc.def.ghi");
+        std::fs::write(&path, "\n").expect("write");
+        assert!(read_token(&path).is_err());
+        std::fs::write(&path, vec![b'a'; (MAX_TOKEN_BYTES + 1) as usize]).expect("write");
+        assert!(read_token(&path).is_err());
+    }
+}
