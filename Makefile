@@ -1,6 +1,7 @@
 # Palisade build and test entry points. `make test` is what CI runs (.ci/run).
 CARGO ?= cargo
 PIP ?= python3 -m pip
+SHELL := /bin/bash
 
 .PHONY: build test lint fmt fmt-check crds crds-check tools crypto-check bench
 
@@ -8,8 +9,13 @@ build:
 	$(CARGO) build --locked
 
 ## test: everything CI checks — formatting, lints, one crypto provider, all tests.
+## The last line sums every test binary's results ("tests: N passed, N failed").
 test: tools fmt-check lint crypto-check
-	$(CARGO) test -q --locked
+	@mkdir -p target; status=0; \
+	set -o pipefail; $(CARGO) test -q --locked 2>&1 | tee target/test-output.log || status=$$?; \
+	awk '/^test result:/ { passed += $$4; failed += $$6 } \
+	     END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test-output.log; \
+	exit $$status
 
 lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
