@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 pub mod controller;
+pub mod init;
 mod duration;
 pub mod token;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Controller(controller::Args),
     /// Standalone mode: print a workload token the standalone CA accepts.
     Token(token::Args),
+    /// Install the iptables rules that send a pod's traffic through its proxy.
+    Init(init::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Policy(args) => policy::run(args),
         Command::Controller(args) => controller::run(args),
         Command::Token(args) => token::run(args),
+        Command::Init(args) => init::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
