@@ -74,7 +74,7 @@ pub struct Rewrites {
 /// A probe that names a port the container does not declare: the kubelet could never run it
 /// either, so it is better refused now with a clear message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} probe of container {container:?} uses port {port:?}, which the container does not declare")]
+#[error("{kind} of container {container:?} uses port {port:?}, which the container does not declare")]
 pub struct ProbeError {
     pub container: String,
     pub kind: &'static str,

@@ -4,3 +4,4 @@ mod ca;
 mod crds;
 mod explain;
 mod support;
+mod webhook;
