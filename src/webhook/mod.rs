@@ -5,6 +5,7 @@
 //! JSON; [`server`] serves that over HTTPS; [`ca_bundle`] keeps the webhook configuration's
 //! `caBundle` equal to the trust bundle; [`namespaces`] supplies namespace labels.
 
+pub mod ca_bundle;
 pub mod config;
 pub mod containers;
 pub mod inject;
