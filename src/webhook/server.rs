@@ -196,3 +196,29 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     let local = listener.local_addr()?;
     Ok((listener, local))
 }
+
+/// Binds `addr` and serves the injection routes with the serving certificate `resolver`
+/// hands out per handshake. Returns the bound address and the server task.
+pub async fn start(
+    addr: SocketAddr,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    injector: Injector,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, JoinHandle<Result<(), String>>), crate::server::ServerError> {
+    let (listener, local) = bind(addr)
+        .await
+        .map_err(|source| crate::server::ServerError::Io {
+            what: "webhook listener",
+            path: addr.to_string(),
+            source,
+        })?;
+    // No client certificates: the API server authenticates us, not the other way round.
+    let tls_config = tls::server_config(resolver, None, &ALPN)?;
+    let task = serve(
+        listener,
+        Arc::new(tls_config),
+        router(Arc::new(injector)),
+        shutdown,
+    );
+    Ok((local, task))
+}

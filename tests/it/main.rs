@@ -5,3 +5,4 @@ mod crds;
 mod explain;
 mod support;
 mod webhook;
+mod webhook_https;
