@@ -3,6 +3,7 @@
 mod ca;
 mod crds;
 mod explain;
+mod init_netns;
 mod support;
 mod webhook;
 mod webhook_https;
