@@ -43,11 +43,13 @@ pub struct InjectionConfig {
     pub image: String,
     /// `imagePullPolicy` of the injected containers; `None` leaves the Kubernetes default.
     pub image_pull_policy: Option<String>,
-    /// Pods in this namespace (the control plane's) are never injected.
+    /// Pods in this namespace (the control plane's) are never injected. `palisade controller`
+    /// sets it from its `--namespace`.
     pub control_plane_namespace: String,
     /// Address of the CA / xDS service the proxy dials.
     pub ca_address: String,
-    /// SPIFFE trust domain, handed to the proxy.
+    /// SPIFFE trust domain, handed to the proxy. `palisade controller` sets it from its
+    /// `--trust-domain`.
     pub trust_domain: String,
     /// Resources of the `palisade-proxy` sidecar.
     pub proxy_resources: Resources,

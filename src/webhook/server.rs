@@ -114,8 +114,12 @@ async fn inject(State(injector): State<Arc<Injector>>, body: Bytes) -> Response 
     response
 }
 
-async fn deadline(State(metrics): State<WebhookMetrics>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+async fn deadline(
+    State((metrics, limit)): State<(WebhookMetrics, Duration)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
             metrics.error();
@@ -128,15 +132,21 @@ async fn deadline(State(metrics): State<WebhookMetrics>, req: Request, next: Nex
     }
 }
 
-/// The webhook routes: `POST /inject` and `GET /healthz`.
+/// The webhook routes: `POST /inject` and `GET /healthz`, answering within
+/// [`REQUEST_TIMEOUT`].
 pub fn router(injector: Arc<Injector>) -> Router {
+    router_with_deadline(injector, REQUEST_TIMEOUT)
+}
+
+/// [`router`] with another deadline (tests).
+pub fn router_with_deadline(injector: Arc<Injector>, limit: Duration) -> Router {
     let metrics = injector.metrics.clone();
     Router::new()
         .route("/inject", post(inject))
         .with_state(injector)
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(metrics, deadline))
+        .layer(middleware::from_fn_with_state((metrics, limit), deadline))
 }
 
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then lets in-flight
@@ -222,3 +232,7 @@ pub async fn start(
     );
     Ok((local, task))
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
