@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 pub mod controller;
-pub mod init;
 mod duration;
+pub mod init;
 pub mod token;
 
 use clap::{Parser, Subcommand};

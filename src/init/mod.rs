@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn lists_are_bounded() {
-        let many = (1..=65).map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let many = (1..=65)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         assert_eq!(parse_ports(&many), Err(ListError::TooMany));
         assert_eq!(
             parse_ports(&",".repeat(MAX_LIST_CHARS + 1)),

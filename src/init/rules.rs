@@ -44,7 +44,9 @@ pub fn rules(s: &Settings) -> Vec<String> {
     skip_in.sort_unstable();
     skip_in.dedup();
     for port in skip_in {
-        r.push(format!("-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN"));
+        r.push(format!(
+            "-A {INBOUND_CHAIN} -p tcp --dport {port} -j RETURN"
+        ));
     }
     r.push(format!(
         "-A {INBOUND_CHAIN} -p tcp -j {INBOUND_REDIRECT_CHAIN}"
@@ -237,7 +239,11 @@ mod tests {
             include_outbound: OutboundInclude::Ranges(vec![]),
             ..Settings::default()
         };
-        assert!(!rules(&s).iter().any(|l| l.ends_with("-j PALISADE_REDIRECT")));
+        assert!(
+            !rules(&s)
+                .iter()
+                .any(|l| l.ends_with("-j PALISADE_REDIRECT"))
+        );
     }
 
     #[test]

@@ -312,7 +312,9 @@ pub async fn start(config: Config) -> Result<Running, ServerError> {
                 crate::webhook::ca_bundle::CaBundleSync::new(client.clone())
                     .spawn(authority.subscribe_bundle()),
             );
-            Arc::new(crate::webhook::namespaces::KubeNamespaces::new(client.clone()))
+            Arc::new(crate::webhook::namespaces::KubeNamespaces::new(
+                client.clone(),
+            ))
         }
         None => Arc::new(crate::webhook::namespaces::StaticNamespaces(
             config.injection.namespace_labels.clone(),

@@ -94,10 +94,7 @@ async fn different_bundles_are_patched_in_place() {
                 .unwrap_or_default()
                 .contains("fieldManager=palisade-controller")
         );
-        assert_eq!(
-            req.headers()["content-type"],
-            "application/json-patch+json"
-        );
+        assert_eq!(req.headers()["content-type"], "application/json-patch+json");
         let body = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
@@ -109,7 +106,11 @@ async fn different_bundles_are_patched_in_place() {
                 {"op": "add", "path": "/webhooks/2/clientConfig/caBundle", "value": b64(PEM)},
             ])
         );
-        respond(send, StatusCode::OK, &configuration(&[Some(PEM), Some(PEM), Some(PEM)]));
+        respond(
+            send,
+            StatusCode::OK,
+            &configuration(&[Some(PEM), Some(PEM), Some(PEM)]),
+        );
     });
     assert_eq!(sync.reconcile(PEM).await.unwrap(), Outcome::Updated(2));
     api.await.unwrap();

@@ -62,7 +62,10 @@ pub struct InjectionConfig {
 impl Default for InjectionConfig {
     fn default() -> Self {
         Self {
-            image: format!("ghcr.io/palisade-dev/palisade:{}", env!("CARGO_PKG_VERSION")),
+            image: format!(
+                "ghcr.io/palisade-dev/palisade:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
             image_pull_policy: None,
             control_plane_namespace: "palisade-system".into(),
             ca_address: "palisade.palisade-system.svc:15012".into(),
@@ -159,9 +162,7 @@ impl InjectionConfig {
             for (key, value) in res.requests.iter().chain(&res.limits) {
                 let ok = !value.is_empty()
                     && value.len() <= 32
-                    && value
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '.');
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
                 if !ok {
                     return Err(ConfigError::Invalid(format!(
                         "{what}.{key}: {value:?} is not a quantity"

@@ -101,10 +101,7 @@ fn add_to_map(
 ) {
     match existing {
         Some(_) => ops.push(add(&["metadata", map, key], Value::String(value.into()))),
-        None => ops.push(add(
-            &["metadata", map],
-            serde_json::json!({ key: value }),
-        )),
+        None => ops.push(add(&["metadata", map], serde_json::json!({ key: value }))),
     }
 }
 
@@ -143,7 +140,11 @@ fn wanted(
     match pod_label {
         Some("false") => Err(SkipReason::OptedOut),
         Some("true") => Ok(()),
-        _ if namespace_labels.get(NAMESPACE_INJECT_LABEL).map(String::as_str) == Some("enabled") => {
+        _ if namespace_labels
+            .get(NAMESPACE_INJECT_LABEL)
+            .map(String::as_str)
+            == Some("enabled") =>
+        {
             Ok(())
         }
         _ => Err(SkipReason::NotEnabled),
@@ -171,8 +172,8 @@ fn build_patch(pod: &Pod, config: &InjectionConfig) -> Result<Vec<PatchOperation
         .spec
         .as_ref()
         .ok_or_else(|| "the pod has no spec".to_string())?;
-    let traffic = Traffic::from_annotations(pod.metadata.annotations.as_ref())
-        .map_err(|e| e.to_string())?;
+    let traffic =
+        Traffic::from_annotations(pod.metadata.annotations.as_ref()).map_err(|e| e.to_string())?;
 
     // Names we add must be free, or the API server would reject the pod with a less helpful
     // message (or, for volumes, the proxy would mount the user's volume).
@@ -277,4 +278,3 @@ fn build_patch(pod: &Pod, config: &InjectionConfig) -> Result<Vec<PatchOperation
     );
     Ok(ops)
 }
-

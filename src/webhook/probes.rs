@@ -74,14 +74,20 @@ pub struct Rewrites {
 /// A probe that names a port the container does not declare: the kubelet could never run it
 /// either, so it is better refused now with a clear message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} of container {container:?} uses port {port:?}, which the container does not declare")]
+#[error(
+    "{kind} of container {container:?} uses port {port:?}, which the container does not declare"
+)]
 pub struct ProbeError {
     pub container: String,
     pub kind: &'static str,
     pub port: String,
 }
 
-fn resolve_port(c: &Container, port: &IntOrString, kind: ProbeKind) -> Result<IntOrString, ProbeError> {
+fn resolve_port(
+    c: &Container,
+    port: &IntOrString,
+    kind: ProbeKind,
+) -> Result<IntOrString, ProbeError> {
     match port {
         IntOrString::Int(_) => Ok(port.clone()),
         IntOrString::String(name) => c
@@ -224,7 +230,10 @@ mod tests {
         assert_eq!(http.port, IntOrString::Int(15020));
         // The named port reaches the proxy as a number.
         let original = &plan.originals["/app-health/web/livez"];
-        assert_eq!(original.http_get.as_ref().unwrap().port, IntOrString::Int(8080));
+        assert_eq!(
+            original.http_get.as_ref().unwrap().port,
+            IntOrString::Int(8080)
+        );
         assert_eq!(original.timeout_seconds, Some(2));
         assert_eq!(original.period_seconds, None);
         assert!(plan.originals.contains_key("/app-health/api/livez"));

@@ -173,7 +173,11 @@ pub fn respond(uid: &str, decision: &Decision) -> Vec<u8> {
                     None,
                     Some(base64::engine::general_purpose::STANDARD.encode(json)),
                 ),
-                Err(e) => (false, Some(deny_status(format!("internal error: {e}"))), None),
+                Err(e) => (
+                    false,
+                    Some(deny_status(format!("internal error: {e}"))),
+                    None,
+                ),
             }
         }
         Decision::Skip { .. } => (true, None, None),
@@ -210,8 +214,10 @@ mod tests {
     use serde_json::json;
 
     fn review(request: Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({"apiVersion": API_VERSION, "kind": "AdmissionReview",
-            "request": request}))
+        serde_json::to_vec(
+            &json!({"apiVersion": API_VERSION, "kind": "AdmissionReview",
+            "request": request}),
+        )
         .unwrap()
     }
 
@@ -261,14 +267,23 @@ mod tests {
 
     #[test]
     fn unreadable_pod_and_other_operations() {
-        let r = parse(&review(pod_request(json!({"spec": {"containers": "nope"}})))).unwrap();
+        let r = parse(&review(pod_request(
+            json!({"spec": {"containers": "nope"}}),
+        )))
+        .unwrap();
         assert!(matches!(r.target, Target::Unreadable(ref m) if m.contains("not a valid Pod")));
         let mut update = pod_request(json!({}));
         update["operation"] = json!("UPDATE");
-        assert!(matches!(parse(&review(update)).unwrap().target, Target::Other(_)));
+        assert!(matches!(
+            parse(&review(update)).unwrap().target,
+            Target::Other(_)
+        ));
         let mut no_ns = pod_request(json!({"spec": {"containers": []}}));
         no_ns["namespace"] = json!("");
-        assert!(matches!(parse(&review(no_ns)).unwrap().target, Target::Unreadable(_)));
+        assert!(matches!(
+            parse(&review(no_ns)).unwrap().target,
+            Target::Unreadable(_)
+        ));
     }
 
     #[test]

@@ -40,10 +40,12 @@ fn injector(namespaces: Arc<dyn NamespaceLabels>) -> Arc<Injector> {
 }
 
 fn review() -> Vec<u8> {
-    serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+    serde_json::to_vec(
+        &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "request": {"uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                     "operation": "CREATE", "namespace": "shop",
-                    "object": {"spec": {"containers": [{"name": "app"}]}}}}))
+                    "object": {"spec": {"containers": [{"name": "app"}]}}}}),
+    )
     .unwrap()
 }
 

@@ -91,7 +91,16 @@ impl Topology {
         run(&["ip", "link", "set", &a, "netns", &t.pod]);
         run(&["ip", "link", "set", &b, "netns", &t.peer]);
         for (ns, dev, ip) in [(&t.pod, &a, POD_IP), (&t.peer, &b, PEER_IP)] {
-            run(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         }
@@ -107,19 +116,34 @@ impl Topology {
     /// Runs `palisade init ARGS` inside the pod namespace.
     fn init(&self, args: &[&str]) -> String {
         let bin = support::palisade_bin();
-        let mut cmd = vec!["ip", "netns", "exec", &self.pod, bin.to_str().unwrap(), "init"];
+        let mut cmd = vec![
+            "ip",
+            "netns",
+            "exec",
+            &self.pod,
+            bin.to_str().unwrap(),
+            "init",
+        ];
         cmd.extend(args);
         run_output(&cmd)
     }
 
     /// The pod's nat table without comments and counters.
     fn nat(&self) -> String {
-        run_output(&["ip", "netns", "exec", &self.pod, "iptables-save", "-t", "nat"])
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        run_output(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.pod,
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 }
 
@@ -217,26 +241,44 @@ fn init_rules_redirect_in_a_network_namespace() {
     let _app_client = connect(&t.pod, SocketAddrV4::new(PEER_IP, 9090));
     let got = accept(&outbound).expect("outbound connection redirected to 15001");
     assert_eq!(original_dst(&got), SocketAddrV4::new(PEER_IP, 9090));
-    assert!(nothing_waiting(&peer), "app traffic reached the peer directly");
+    assert!(
+        nothing_waiting(&peer),
+        "app traffic reached the peer directly"
+    );
 
     // The proxy (uid 1337) dials the same peer: not redirected.
     let dial = format!("exec 3<>/dev/tcp/{PEER_IP}/9090 && echo from-proxy >&3");
     run(&[
-        "ip", "netns", "exec", &t.pod, "setpriv", "--reuid=1337", "--regid=1337",
-        "--clear-groups", "bash", "-c", &dial,
+        "ip",
+        "netns",
+        "exec",
+        &t.pod,
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "bash",
+        "-c",
+        &dial,
     ]);
     let mut direct = accept(&peer).expect("uid 1337 connection reached the peer directly");
     direct.set_nonblocking(false).unwrap();
     let mut text = String::new();
     direct.read_to_string(&mut text).unwrap();
     assert_eq!(text, "from-proxy\n");
-    assert!(nothing_waiting(&outbound), "uid 1337 traffic was redirected");
+    assert!(
+        nothing_waiting(&outbound),
+        "uid 1337 traffic was redirected"
+    );
 
     // A peer dials the app: the connection lands on the proxy's inbound port.
     let mut peer_client = connect(&t.peer, SocketAddrV4::new(POD_IP, 8080));
     let got = accept(&inbound).expect("inbound connection redirected to 15006");
     assert_eq!(original_dst(&got), SocketAddrV4::new(POD_IP, 8080));
-    assert!(nothing_waiting(&app), "inbound traffic reached the app directly");
+    assert!(
+        nothing_waiting(&app),
+        "inbound traffic reached the app directly"
+    );
     peer_client.write_all(b"x").unwrap();
 
     // An excluded inbound port is not captured.
@@ -249,7 +291,10 @@ fn init_rules_redirect_in_a_network_namespace() {
     assert_eq!(t.nat(), before);
     assert!(!t.nat().contains("PALISADE"));
     let _c = connect(&t.peer, SocketAddrV4::new(POD_IP, 8080));
-    assert!(accept(&app).is_some(), "after clean-up the app is reached directly");
+    assert!(
+        accept(&app).is_some(),
+        "after clean-up the app is reached directly"
+    );
     // Clean-up twice is fine too.
     t.init(&["--cleanup"]);
 }
@@ -263,10 +308,14 @@ fn init_dry_run_prints_the_script_without_root() {
         "169.254.169.254",
     ]);
     assert!(ok, "{stderr}");
-    assert!(stdout.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"), "{stdout}");
+    assert!(
+        stdout.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
     assert!(stdout.ends_with("COMMIT\n"));
-    let (ok, _, stderr) = support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
+    let (ok, _, stderr) =
+        support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
     assert!(!ok);
     assert!(stderr.contains("--exclude-inbound-ports"), "{stderr}");
 }

@@ -93,9 +93,8 @@ fn golden_pods() {
             std::fs::write(&golden, &text).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&golden).unwrap_or_else(|_| {
-            panic!("{} missing: run with PALISADE_BLESS=1", golden.display())
-        });
+        let expected = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("{} missing: run with PALISADE_BLESS=1", golden.display()));
         if expected != text {
             failures.push(format!(
                 "{}: differs from {}\n--- actual:\n{text}",
@@ -149,7 +148,12 @@ fn proxy_is_a_hardened_native_sidecar_after_init() {
     let names: Vec<&str> = inits.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         names,
-        ["palisade-init", "palisade-proxy", "wait-for-db", "log-agent"]
+        [
+            "palisade-init",
+            "palisade-proxy",
+            "wait-for-db",
+            "log-agent"
+        ]
     );
     let proxy = &inits[1];
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
@@ -223,7 +227,8 @@ fn token_volume_and_downward_env() {
     assert!(
         mounts
             .iter()
-            .any(|m| m.name == "palisade-token" && m.mount_path == "/var/run/secrets/palisade/tokens")
+            .any(|m| m.name == "palisade-token"
+                && m.mount_path == "/var/run/secrets/palisade/tokens")
     );
     let labels = pod.metadata.labels.unwrap();
     assert_eq!(labels["security.palisade.dev/tlsMode"], "palisade");
@@ -246,11 +251,25 @@ fn rewritten_probes_reach_the_proxy_with_numeric_ports() {
     assert_eq!(http.path.as_deref(), Some("/app-health/api/livez"));
     assert_eq!(live.initial_delay_seconds, Some(3));
     assert_eq!(
-        api.startup_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(),
+        api.startup_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
         Some("/app-health/api/startupz")
     );
     // The exec probe is untouched.
-    assert!(spec.containers[1].liveness_probe.as_ref().unwrap().exec.is_some());
+    assert!(
+        spec.containers[1]
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .exec
+            .is_some()
+    );
     let proxy = &spec.init_containers.unwrap()[1];
     let probes = proxy
         .env
@@ -267,8 +286,14 @@ fn rewritten_probes_reach_the_proxy_with_numeric_ports() {
         "liveness"
     );
     assert_eq!(probes["/app-health/api/readyz"]["tcpSocket"]["port"], 8080);
-    assert_eq!(probes["/app-health/api/startupz"]["grpc"]["service"], "api.Health");
-    assert_eq!(probes["/app-health/worker/readyz"]["httpGet"]["scheme"], "HTTPS");
+    assert_eq!(
+        probes["/app-health/api/startupz"]["grpc"]["service"],
+        "api.Health"
+    );
+    assert_eq!(
+        probes["/app-health/worker/readyz"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
     assert!(probes.get("/app-health/worker/livez").is_none());
 }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
-use hyper::body::Bytes;
 use http::{Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -32,10 +32,7 @@ fn loopback() -> SocketAddr {
 }
 
 pub async fn start_standalone(dir: &Path) -> Running {
-    let labels = BTreeMap::from([(
-        "palisade.dev/inject".to_string(),
-        "enabled".to_string(),
-    )]);
+    let labels = BTreeMap::from([("palisade.dev/inject".to_string(), "enabled".to_string())]);
     let config = Config {
         state_dir: Some(dir.to_path_buf()),
         config_dir: Some(dir.join("config")),
@@ -57,7 +54,9 @@ pub async fn start_standalone(dir: &Path) -> Running {
 fn roots(pem: &str) -> rustls::RootCertStore {
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        store.add(cert.expect("root PEM")).expect("root certificate");
+        store
+            .add(cert.expect("root PEM"))
+            .expect("root certificate");
     }
     store
 }
@@ -119,7 +118,11 @@ fn response_of(body: &[u8]) -> Value {
 pub fn apply_response_patch(response: &Value, object: &Value) -> Pod {
     assert_eq!(response["patchType"], "JSONPatch");
     let patch = base64::engine::general_purpose::STANDARD
-        .decode(response["patch"].as_str().expect("patch is a base64 string"))
+        .decode(
+            response["patch"]
+                .as_str()
+                .expect("patch is a base64 string"),
+        )
         .expect("patch is base64");
     let ops: Vec<json_patch::PatchOperation> =
         serde_json::from_slice(&patch).expect("patch is a JSONPatch");
@@ -141,8 +144,13 @@ async fn injects_over_h2_and_http1_trusting_only_the_ca_bundle() {
         (true, true, Version::HTTP_2),
     ] {
         let client = https_client(&root, h2, h1);
-        let (status, got, body) =
-            send(&client, Method::POST, &url, serde_json::to_vec(&review).unwrap()).await;
+        let (status, got, body) = send(
+            &client,
+            Method::POST,
+            &url,
+            serde_json::to_vec(&review).unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
         assert_eq!(got, version);
         let response = response_of(&body);
@@ -150,7 +158,12 @@ async fn injects_over_h2_and_http1_trusting_only_the_ca_bundle() {
         assert_eq!(response["allowed"], true);
         let pod = apply_response_patch(&response, &review["request"]["object"]);
         let spec = pod.spec.unwrap();
-        let inits: Vec<String> = spec.init_containers.unwrap().into_iter().map(|c| c.name).collect();
+        let inits: Vec<String> = spec
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(inits, ["palisade-init", "palisade-proxy"]);
         let probe = spec.containers[0].readiness_probe.clone().unwrap();
         assert_eq!(
@@ -190,8 +203,13 @@ async fn bad_input_is_answered_not_crashed() {
     // Not enabled: admitted unchanged.
     let mut review = review_fixture();
     review["request"]["namespace"] = json!("other");
-    let (status, _, body) =
-        send(&client, Method::POST, &url, serde_json::to_vec(&review).unwrap()).await;
+    let (status, _, body) = send(
+        &client,
+        Method::POST,
+        &url,
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let response = response_of(&body);
     assert_eq!(response["allowed"], true);
@@ -201,7 +219,13 @@ async fn bad_input_is_answered_not_crashed() {
     let mut review = review_fixture();
     review["request"]["object"]["metadata"]["annotations"] =
         json!({"traffic.palisade.dev/excludeInboundPorts": "ssh"});
-    let (_, _, body) = send(&client, Method::POST, &url, serde_json::to_vec(&review).unwrap()).await;
+    let (_, _, body) = send(
+        &client,
+        Method::POST,
+        &url,
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
     let response = response_of(&body);
     assert_eq!(response["allowed"], false);
     assert!(
@@ -214,7 +238,13 @@ async fn bad_input_is_answered_not_crashed() {
     // An object that is not a Pod: denied with a reason (the uid is still answered).
     let mut review = review_fixture();
     review["request"]["object"]["spec"]["containers"] = json!("web");
-    let (_, _, body) = send(&client, Method::POST, &url, serde_json::to_vec(&review).unwrap()).await;
+    let (_, _, body) = send(
+        &client,
+        Method::POST,
+        &url,
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
     let response = response_of(&body);
     assert_eq!(response["uid"], review["request"]["uid"]);
     assert_eq!(response["allowed"], false);
@@ -222,7 +252,13 @@ async fn bad_input_is_answered_not_crashed() {
     // dryRun gets the same answer (nothing to skip: the webhook has no side effects).
     let mut review = review_fixture();
     review["request"]["dryRun"] = json!(true);
-    let (_, _, body) = send(&client, Method::POST, &url, serde_json::to_vec(&review).unwrap()).await;
+    let (_, _, body) = send(
+        &client,
+        Method::POST,
+        &url,
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
     assert_eq!(response_of(&body)["patchType"], "JSONPatch");
 
     let metrics = running.metrics.encode();
@@ -281,12 +317,18 @@ mod reload {
         (tls, leaf)
     }
 
-    async fn healthz(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>) -> StatusCode {
+    async fn healthz(
+        sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    ) -> StatusCode {
         let req = Request::get("/healthz")
             .header("host", "localhost")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        sender.send_request(req).await.expect("request on the open connection").status()
+        sender
+            .send_request(req)
+            .await
+            .expect("request on the open connection")
+            .status()
     }
 
     #[tokio::test]
@@ -316,9 +358,10 @@ mod reload {
 
         let (old_tls, old_leaf) = connect(addr, &root).await;
         assert_eq!(old_leaf, first.key.cert[0]);
-        let (mut old, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(old_tls))
-            .await
-            .unwrap();
+        let (mut old, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(old_tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         assert_eq!(healthz(&mut old).await, StatusCode::OK);
 
