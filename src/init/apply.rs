@@ -26,7 +26,9 @@ pub enum ApplyError {
 /// The iptables front-ends to run (e.g. `iptables-legacy-save` on hosts that need it).
 #[derive(Clone, Debug)]
 pub struct Iptables {
+    /// Prints a table (`iptables-save`).
     pub save: String,
+    /// Applies a script (`iptables-restore`).
     pub restore: String,
 }
 

@@ -76,7 +76,9 @@ pub fn parse_ports(text: &str) -> Result<Vec<u16>, ListError> {
 /// An IPv4 range; the address is stored with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cidr {
+    /// The network address (host bits zero).
     pub addr: Ipv4Addr,
+    /// Prefix length, 0 to 32.
     pub prefix: u8,
 }
 

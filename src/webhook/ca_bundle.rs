@@ -73,6 +73,7 @@ pub fn patch_for(config: &MutatingWebhookConfiguration, bundle_pem: &str) -> Vec
 }
 
 impl CaBundleSync {
+    /// Manages `palisade-sidecar-injector` through `client`.
     pub fn new(client: kube::Client) -> Self {
         Self {
             api: Api::all(client),

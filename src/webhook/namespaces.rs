@@ -57,6 +57,7 @@ pub struct KubeNamespaces {
 }
 
 impl KubeNamespaces {
+    /// Reads namespaces through `client` (needs `get` on namespaces).
     pub fn new(client: kube::Client) -> Self {
         Self {
             api: Api::all(client),

@@ -379,3 +379,51 @@ mod reload {
         task.await.unwrap().unwrap();
     }
 }
+
+mod controller_flags {
+    use clap::Parser as _;
+    use palisade::cli::{Cli, Command};
+
+    fn config(args: &[&str]) -> anyhow::Result<palisade::server::Config> {
+        let mut argv = vec!["palisade", "controller"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Controller(args) => args.to_config(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn standalone_reads_injection_yaml_from_the_config_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, conf) = (dir.path().join("state"), dir.path().join("config"));
+        std::fs::create_dir_all(&conf).unwrap();
+        let (s, c) = (state.to_str().unwrap(), conf.to_str().unwrap());
+        let base = ["--standalone", "--state-dir", s, "--config-dir", c];
+
+        // No file: defaults, with the controller's namespace and CA address.
+        let cfg = config(&[&base[..], &["--namespace", "mesh"]].concat()).unwrap();
+        assert_eq!(cfg.injection.control_plane_namespace, "mesh");
+        assert_eq!(cfg.injection.ca_address, "palisade.mesh.svc:15012");
+
+        std::fs::write(
+            conf.join("injection.yaml"),
+            "image: local/palisade:dev\nnamespaceLabels:\n  shop:\n    palisade.dev/inject: enabled\n",
+        )
+        .unwrap();
+        let cfg = config(&base).unwrap();
+        assert_eq!(cfg.injection.image, "local/palisade:dev");
+        assert_eq!(
+            cfg.injection.namespace_labels["shop"]["palisade.dev/inject"],
+            "enabled"
+        );
+        // The flag wins over the file.
+        let cfg = config(&[&base[..], &["--proxy-image", "other/palisade:1"]].concat()).unwrap();
+        assert_eq!(cfg.injection.image, "other/palisade:1");
+
+        // A broken file stops the controller with a message naming it.
+        std::fs::write(conf.join("injection.yaml"), "imagePullPolicy: Sometimes\n").unwrap();
+        let err = format!("{:#}", config(&base).unwrap_err());
+        assert!(err.contains("imagePullPolicy"), "{err}");
+    }
+}
