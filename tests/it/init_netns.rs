@@ -229,6 +229,17 @@ fn init_rules_redirect_in_a_network_namespace() {
     // Idempotent: a second run (a restarted init container) leaves the same table.
     t.init(&["--exclude-inbound-ports", "9091"]);
     assert_eq!(t.nat(), applied);
+    // Re-running with other settings replaces the rules rather than adding to them.
+    t.init(&["--exclude-inbound-ports", "9092"]);
+    let changed = t.nat();
+    assert!(changed.contains("--dport 9092 -j RETURN") && !changed.contains("--dport 9091"));
+    assert_eq!(
+        changed.matches("-j PALISADE_INBOUND").count(),
+        1,
+        "{changed}"
+    );
+    t.init(&["--exclude-inbound-ports", "9091"]);
+    assert_eq!(t.nat(), applied);
 
     let outbound = listen(&t.pod, 15001);
     let inbound = listen(&t.pod, 15006);

@@ -7,3 +7,4 @@ mod init_netns;
 mod support;
 mod webhook;
 mod webhook_https;
+mod webhook_props;
