@@ -85,3 +85,76 @@ async fn a_failed_namespace_lookup_denies_with_a_reason() {
 fn default_deadline_is_well_under_the_api_servers() {
     assert!(REQUEST_TIMEOUT <= Duration::from_secs(5));
 }
+
+mod never_panics {
+    use super::*;
+    use crate::webhook::namespaces::StaticNamespaces;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-zA-Z0-9/._-]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("metadata".to_string()),
+                        Just("spec".to_string()),
+                        Just("containers".to_string()),
+                        Just("initContainers".to_string()),
+                        Just("labels".to_string()),
+                        Just("annotations".to_string()),
+                        Just("name".to_string()),
+                        Just("livenessProbe".to_string()),
+                        Just("httpGet".to_string()),
+                        Just("port".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
+    fn enabled() -> Arc<Injector> {
+        let labels = BTreeMap::from([("palisade.dev/inject".into(), "enabled".into())]);
+        injector(Arc::new(StaticNamespaces(BTreeMap::from([(
+            "shop".into(),
+            labels,
+        )]))))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_are_a_400_not_a_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let out = runtime().block_on(enabled().review(&body));
+            prop_assert!(out.is_err() || serde_json::from_slice::<Value>(&out.unwrap()).is_ok());
+        }
+
+        #[test]
+        fn arbitrary_objects_get_an_answer(object in json_value()) {
+            let body = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                            "operation": "CREATE", "namespace": "shop", "object": object}}))
+                .unwrap();
+            let out = runtime().block_on(enabled().review(&body)).unwrap();
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&out["response"]["uid"], "u");
+            prop_assert!(out["response"]["allowed"].is_boolean());
+        }
+    }
+}
