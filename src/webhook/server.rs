@@ -42,6 +42,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a graceful shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Most connections served at once (the API server keeps a few; probes come and go). Beyond
+/// this, new connections are closed, so idle connections cannot pile up without bound.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// HTTP/2 keep-alive pings find dead peers (e.g. an API server that went away).
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
 /// ALPN protocols offered: the API server speaks HTTP/2 when offered, HTTP/1.1 otherwise.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
@@ -157,16 +162,33 @@ pub fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<Result<(), String>> {
+    serve_bounded(listener, tls_config, router, shutdown, MAX_CONNECTIONS)
+}
+
+/// [`serve`] with another connection limit (tests).
+pub fn serve_bounded(
+    listener: TcpListener,
+    tls_config: Arc<ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    max_connections: usize,
+) -> JoinHandle<Result<(), String>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    builder.http2().max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(H2_KEEPALIVE)
+        .keep_alive_timeout(Duration::from_secs(10));
     tokio::spawn(async move {
         let mut incoming = tls::incoming(listener, tls_config);
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
         tokio::pin!(shutdown);
         loop {
             let stream = tokio::select! {
@@ -180,9 +202,14 @@ pub fn serve(
                     None => break,
                 },
             };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                tracing::warn!("webhook: {max_connections} connections open; closing a new one");
+                continue;
+            };
             let service = TowerToHyperService::new(router.clone());
             let (builder, watcher) = (builder.clone(), graceful.watcher());
             tokio::spawn(async move {
+                let _permit = permit;
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(error = %e, "webhook connection ended with an error");

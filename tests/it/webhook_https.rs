@@ -378,6 +378,71 @@ mod reload {
         drop(old);
         task.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed() {
+        palisade::server::install_crypto_provider();
+        let authority = authority();
+        let spec = ServingSpec::for_service("palisade", "palisade-system", true);
+        let cert = serving::issue(&authority, &spec).unwrap();
+        let (_tx, rx) = tokio::sync::watch::channel(cert.key);
+        let tls = palisade::server::tls::server_config(
+            Arc::new(ServingResolver::new(rx)),
+            None,
+            &palisade::webhook::server::ALPN,
+        )
+        .unwrap();
+        let injector = Injector {
+            config: Arc::new(InjectionConfig::default()),
+            namespaces: Arc::new(StaticNamespaces::default()),
+            metrics: Default::default(),
+        };
+        let (listener, addr) = palisade::webhook::server::bind(loopback()).await.unwrap();
+        let router = palisade::webhook::server::router(Arc::new(injector));
+        let _task = palisade::webhook::server::serve_bounded(
+            listener,
+            Arc::new(tls),
+            router,
+            std::future::pending(),
+            1,
+        );
+        let root = authority.trust_bundle().to_pem();
+        let open = |tls| async move {
+            let (sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender
+        };
+        let (first, _) = connect(addr, &root).await;
+        let mut first = open(first).await;
+        assert_eq!(healthz(&mut first).await, StatusCode::OK);
+        // The second connection is accepted by TLS but closed before any request is served.
+        let (second, _) = connect(addr, &root).await;
+        let mut second = open(second).await;
+        let req = Request::get("/healthz")
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(second.send_request(req).await.is_err());
+        // Once the first goes away, a new connection is served again.
+        drop(first);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (third, _) = connect(addr, &root).await;
+            let mut third = open(third).await;
+            let req = Request::get("/healthz")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            if let Ok(resp) = third.send_request(req).await {
+                assert_eq!(resp.status(), StatusCode::OK);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "slot never freed");
+        }
+    }
 }
 
 mod controller_flags {
