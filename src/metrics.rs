@@ -95,6 +95,7 @@ pub struct Metrics {
     registry: Registry,
     pub ca: CaMetrics,
     pub auth: AuthMetrics,
+    pub webhook: crate::webhook::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -148,7 +149,14 @@ impl Metrics {
             "TokenReview call latency",
             auth.review_seconds.clone(),
         );
-        Self { registry, ca, auth }
+        let webhook = crate::webhook::WebhookMetrics::default();
+        webhook.register(&mut registry);
+        Self {
+            registry,
+            ca,
+            auth,
+            webhook,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

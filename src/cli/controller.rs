@@ -8,6 +8,7 @@ use anyhow::{Context as _, bail};
 
 use crate::ca::IssuancePolicy;
 use crate::server;
+use crate::webhook::InjectionConfig;
 
 /// Run the control plane (CA over gRPC/TLS, monitor endpoint). In a cluster by default;
 /// `--standalone` runs without Kubernetes from a state and a config directory.
@@ -25,9 +26,15 @@ pub struct Args {
     /// CA (and later xDS) gRPC over TLS.
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub grpc_addr: SocketAddr,
-    /// Injection webhook (HTTPS); not served yet.
+    /// Injection webhook (HTTPS).
     #[arg(long, default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
+    /// Injection settings (YAML). Standalone default: `injection.yaml` in --config-dir, if present.
+    #[arg(long, env = "PALISADE_INJECTION_CONFIG")]
+    pub injection_config: Option<PathBuf>,
+    /// Image of the injected containers (overrides the injection settings).
+    #[arg(long, env = "PALISADE_PROXY_IMAGE")]
+    pub proxy_image: Option<String>,
     /// /metrics, /healthz, /readyz over plain HTTP.
     #[arg(long, default_value = "0.0.0.0:15014")]
     pub monitor_addr: SocketAddr,
@@ -60,6 +67,7 @@ impl Args {
         if self.default_ttl > self.max_ttl {
             bail!("--default-ttl must not exceed --max-ttl");
         }
+        let injection = self.injection_config()?;
         Ok(server::Config {
             state_dir: self.state_dir.clone(),
             config_dir: self.config_dir.clone(),
@@ -74,7 +82,36 @@ impl Args {
                 max_ttl: self.max_ttl,
             },
             audiences: self.audiences.clone(),
+            injection,
         })
+    }
+
+    /// The injection settings: the file (if any), then the flags. The control plane's
+    /// namespace and trust domain always come from the controller's own flags.
+    fn injection_config(&self) -> anyhow::Result<InjectionConfig> {
+        let file = self.injection_config.clone().or_else(|| {
+            let default = self.config_dir.as_ref()?.join("injection.yaml");
+            default.exists().then_some(default)
+        });
+        let mut config = match &file {
+            Some(path) => InjectionConfig::load(path)?,
+            None => InjectionConfig::default(),
+        };
+        if let Some(image) = &self.proxy_image {
+            config.image = image.clone();
+        }
+        config.control_plane_namespace = self.namespace.clone();
+        config.trust_domain = self.trust_domain.clone();
+        if file.is_none() {
+            config.ca_address = format!(
+                "{}.{}.svc:{}",
+                self.service_name,
+                self.namespace,
+                self.grpc_addr.port()
+            );
+        }
+        config.validate()?;
+        Ok(config)
     }
 }
 

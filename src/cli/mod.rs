@@ -5,6 +5,7 @@ use std::process::ExitCode;
 pub mod certificate;
 pub mod controller;
 mod duration;
+pub mod init;
 pub mod token;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ pub enum Command {
     Token(token::Args),
     /// Ask a running CA for a workload certificate, as a proxy would (for checks and scripts).
     Certificate(certificate::Args),
+    /// Install the iptables rules that send a pod's traffic through its proxy.
+    Init(init::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -45,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Controller(args) => controller::run(args),
         Command::Token(args) => token::run(args),
         Command::Certificate(args) => certificate::run(args),
+        Command::Init(args) => init::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -45,6 +45,8 @@ pub struct Config {
     pub service_name: String,
     pub policy: IssuancePolicy,
     pub audiences: Vec<String>,
+    /// What the injection webhook puts into pods.
+    pub injection: crate::webhook::InjectionConfig,
 }
 
 impl Default for Config {
@@ -59,6 +61,7 @@ impl Default for Config {
             service_name: "palisade".into(),
             policy: IssuancePolicy::default(),
             audiences: vec!["palisade-ca".into()],
+            injection: crate::webhook::InjectionConfig::default(),
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct Running {
     /// Actual bound addresses (useful with port 0).
     pub grpc_addr: SocketAddr,
     pub monitor_addr: SocketAddr,
+    pub webhook_addr: SocketAddr,
     pub authority: Arc<Authority>,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
@@ -269,6 +273,7 @@ pub async fn start_with_client(
     let spec = ServingSpec::for_service(&config.service_name, &config.namespace, standalone);
     let (serving_rx, serving_task) = serving::start(authority.clone(), spec)?;
     background.push(serving_task);
+    let webhook_resolver = Arc::new(ServingResolver::new(serving_rx.clone()));
     let tls = tls::server_config(
         Arc::new(ServingResolver::new(serving_rx)),
         Some(authority.trust_bundle().root_store()),
@@ -313,7 +318,7 @@ pub async fn start_with_client(
         })?;
     let ready = Arc::new(AtomicBool::new(false));
     let router = monitor::router(metrics.clone(), ready.clone());
-    let monitor_stop = stopped(shutdown_rx);
+    let monitor_stop = stopped(shutdown_rx.clone());
     let monitor = tokio::spawn(async move {
         axum::serve(monitor_listener, router)
             .with_graceful_shutdown(monitor_stop)
@@ -321,18 +326,45 @@ pub async fn start_with_client(
             .map_err(|e| format!("monitor server: {e}"))
     });
 
-    // The webhook (:15017) is not implemented yet; the address is accepted for the chart.
-    tracing::info!(%grpc_addr, %monitor_addr, webhook_addr = %config.webhook_addr, standalone,
+    let namespaces: Arc<dyn crate::webhook::namespaces::NamespaceLabels> = match &client {
+        Some(client) => {
+            background.push(
+                crate::webhook::ca_bundle::CaBundleSync::new(client.clone())
+                    .spawn(authority.subscribe_bundle()),
+            );
+            Arc::new(crate::webhook::namespaces::KubeNamespaces::new(
+                client.clone(),
+            ))
+        }
+        None => Arc::new(crate::webhook::namespaces::StaticNamespaces(
+            config.injection.namespace_labels.clone(),
+        )),
+    };
+    let injector = crate::webhook::server::Injector {
+        config: Arc::new(config.injection.clone()),
+        namespaces,
+        metrics: metrics.webhook.clone(),
+    };
+    let (webhook_addr, webhook) = crate::webhook::server::start(
+        config.webhook_addr,
+        webhook_resolver,
+        injector,
+        stopped(shutdown_rx.clone()),
+    )
+    .await?;
+
+    tracing::info!(%grpc_addr, %monitor_addr, %webhook_addr, standalone,
         trust_domain = %config.policy.trust_domain, "control plane serving");
     ready.store(true, Ordering::Release);
     Ok(Running {
         grpc_addr,
         monitor_addr,
+        webhook_addr,
         authority,
         metrics,
         shutdown,
         ready,
-        servers: vec![grpc, monitor],
+        servers: vec![grpc, monitor, webhook],
         background,
     })
 }

@@ -5,4 +5,8 @@ mod ca_cluster;
 mod certificate_cli;
 mod crds;
 mod explain;
+mod init_netns;
 mod support;
+mod webhook;
+mod webhook_https;
+mod webhook_props;

@@ -1,0 +1,332 @@
+//! `palisade init` for real: two network namespaces joined by a veth pair (a "pod" at
+//! 10.77.0.1 and a "peer" at 10.77.0.2), the rules applied by the real binary inside the pod
+//! namespace, and real TCP connections checked against where they arrive and with which
+//! original destination (SO_ORIGINAL_DST).
+//!
+//! Needs root and iptables. Without them the test fails with a message saying what is
+//! missing, unless `PALISADE_SKIP_NETNS=1` is set, in which case it prints a loud SKIPPED line.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sched::CloneFlags;
+
+use crate::support;
+
+const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the test cannot run here, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?")
+        .to_string();
+    if euid != "0" {
+        return Some(format!("not root (euid {euid}); run the tests as root"));
+    }
+    for (tool, arg) in [
+        ("iptables-restore", "--version"),
+        ("iptables-save", "--version"),
+        ("ip", "-V"),
+        ("setpriv", "--version"),
+    ] {
+        if !Command::new(tool)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Some(format!(
+                "{tool} is not installed (Debian: apt-get install -y iptables iproute2 util-linux, or `make tools`)"
+            ));
+        }
+    }
+    None
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run_output(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces and a veth pair; deleted on drop (which also removes the veth).
+struct Topology {
+    pod: String,
+    peer: String,
+}
+
+impl Topology {
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let t = Self {
+            pod: format!("pal-pod-{id}"),
+            peer: format!("pal-peer-{id}"),
+        };
+        t.delete();
+        let (a, b) = (format!("pva{id}"), format!("pvb{id}"));
+        run(&["ip", "netns", "add", &t.pod]);
+        run(&["ip", "netns", "add", &t.peer]);
+        run(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+        run(&["ip", "link", "set", &a, "netns", &t.pod]);
+        run(&["ip", "link", "set", &b, "netns", &t.peer]);
+        for (ns, dev, ip) in [(&t.pod, &a, POD_IP), (&t.peer, &b, PEER_IP)] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        t
+    }
+
+    fn delete(&self) {
+        for ns in [&self.pod, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+
+    /// Runs `palisade init ARGS` inside the pod namespace.
+    fn init(&self, args: &[&str]) -> String {
+        let bin = support::palisade_bin();
+        let mut cmd = vec![
+            "ip",
+            "netns",
+            "exec",
+            &self.pod,
+            bin.to_str().unwrap(),
+            "init",
+        ];
+        cmd.extend(args);
+        run_output(&cmd)
+    }
+
+    /// The pod's nat table without comments and counters.
+    fn nat(&self) -> String {
+        run_output(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.pod,
+            "iptables-save",
+            "-t",
+            "nat",
+        ])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+/// Runs `f` on a thread that has entered namespace `ns`; sockets it creates live there.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("netns file");
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+fn listen(ns: &str, port: u16) -> TcpListener {
+    let l = in_netns(ns, move || {
+        TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).expect("bind in netns")
+    });
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn connect(ns: &str, to: SocketAddrV4) -> TcpStream {
+    in_netns(ns, move || {
+        TcpStream::connect_timeout(&SocketAddr::V4(to), DEADLINE).expect("connect")
+    })
+}
+
+/// Waits (polling, with a deadline) for a connection on `l`.
+fn accept(l: &TcpListener) -> Option<TcpStream> {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        match l.accept() {
+            Ok((s, _)) => return Some(s),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    None
+}
+
+fn nothing_waiting(l: &TcpListener) -> bool {
+    matches!(l.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+fn original_dst(s: &TcpStream) -> SocketAddrV4 {
+    let addr = socket2::SockRef::from(s)
+        .original_dst_v4()
+        .expect("SO_ORIGINAL_DST");
+    *addr.as_socket_ipv4().as_ref().expect("an IPv4 address")
+}
+
+#[test]
+fn init_rules_redirect_in_a_network_namespace() {
+    if let Some(why) = missing_prerequisite() {
+        if std::env::var("PALISADE_SKIP_NETNS").as_deref() == Ok("1") {
+            eprintln!(
+                "\n********************************************************************\n\
+                 SKIPPED init_rules_redirect_in_a_network_namespace: {why}\n\
+                 ********************************************************************\n"
+            );
+            return;
+        }
+        panic!(
+            "cannot test palisade init in a network namespace: {why}. \
+             Set PALISADE_SKIP_NETNS=1 to skip this test explicitly."
+        );
+    }
+    let t = Topology::new();
+    let before = t.nat();
+    t.init(&["--exclude-inbound-ports", "9091"]);
+    let applied = t.nat();
+    assert!(applied.contains("-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
+    // Idempotent: a second run (a restarted init container) leaves the same table.
+    t.init(&["--exclude-inbound-ports", "9091"]);
+    assert_eq!(t.nat(), applied);
+    // Re-running with other settings replaces the rules rather than adding to them.
+    t.init(&["--exclude-inbound-ports", "9092"]);
+    let changed = t.nat();
+    assert!(changed.contains("--dport 9092 -j RETURN") && !changed.contains("--dport 9091"));
+    assert_eq!(
+        changed.matches("-j PALISADE_INBOUND").count(),
+        1,
+        "{changed}"
+    );
+    t.init(&["--exclude-inbound-ports", "9091"]);
+    assert_eq!(t.nat(), applied);
+
+    let outbound = listen(&t.pod, 15001);
+    let inbound = listen(&t.pod, 15006);
+    let app = listen(&t.pod, 8080);
+    let excluded = listen(&t.pod, 9091);
+    let peer = listen(&t.peer, 9090);
+
+    // The app dials a peer: the connection lands on the proxy's outbound port and the
+    // original destination is the peer's address.
+    let _app_client = connect(&t.pod, SocketAddrV4::new(PEER_IP, 9090));
+    let got = accept(&outbound).expect("outbound connection redirected to 15001");
+    assert_eq!(original_dst(&got), SocketAddrV4::new(PEER_IP, 9090));
+    assert!(
+        nothing_waiting(&peer),
+        "app traffic reached the peer directly"
+    );
+
+    // The proxy (uid 1337) dials the same peer: not redirected.
+    let dial = format!("exec 3<>/dev/tcp/{PEER_IP}/9090 && echo from-proxy >&3");
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.pod,
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "bash",
+        "-c",
+        &dial,
+    ]);
+    let mut direct = accept(&peer).expect("uid 1337 connection reached the peer directly");
+    direct.set_nonblocking(false).unwrap();
+    let mut text = String::new();
+    direct.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "from-proxy\n");
+    assert!(
+        nothing_waiting(&outbound),
+        "uid 1337 traffic was redirected"
+    );
+
+    // A peer dials the app: the connection lands on the proxy's inbound port.
+    let mut peer_client = connect(&t.peer, SocketAddrV4::new(POD_IP, 8080));
+    let got = accept(&inbound).expect("inbound connection redirected to 15006");
+    assert_eq!(original_dst(&got), SocketAddrV4::new(POD_IP, 8080));
+    assert!(
+        nothing_waiting(&app),
+        "inbound traffic reached the app directly"
+    );
+    peer_client.write_all(b"x").unwrap();
+
+    // An excluded inbound port is not captured.
+    let _c = connect(&t.peer, SocketAddrV4::new(POD_IP, 9091));
+    assert!(accept(&excluded).is_some(), "excluded port was captured");
+    assert!(nothing_waiting(&inbound));
+
+    // Clean-up restores the table and direct delivery.
+    t.init(&["--cleanup"]);
+    assert_eq!(t.nat(), before);
+    assert!(!t.nat().contains("PALISADE"));
+    let _c = connect(&t.peer, SocketAddrV4::new(POD_IP, 8080));
+    assert!(
+        accept(&app).is_some(),
+        "after clean-up the app is reached directly"
+    );
+    // Clean-up twice is fine too.
+    t.init(&["--cleanup"]);
+}
+
+#[test]
+fn init_dry_run_prints_the_script_without_root() {
+    let (ok, stdout, stderr) = support::palisade(&[
+        "init",
+        "--dry-run",
+        "--exclude-outbound-ip-ranges",
+        "169.254.169.254",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
+    assert!(stdout.ends_with("COMMIT\n"));
+    let (ok, _, stderr) =
+        support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
+    assert!(!ok);
+    assert!(stderr.contains("--exclude-inbound-ports"), "{stderr}");
+}
