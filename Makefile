@@ -49,6 +49,8 @@ tools: tools-netns
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "missing: clippy (rustup component add clippy)"; exit 1; }
 	@command -v check-jsonschema >/dev/null || $(PIP) install --quiet 'check-jsonschema==0.39.0' || { echo "missing: check-jsonschema (pip install check-jsonschema)"; exit 1; }
 	@command -v check-jsonschema >/dev/null || { echo "missing: check-jsonschema on PATH after pip install"; exit 1; }
+	@command -v kubernetes-validate >/dev/null || $(PIP) install --quiet 'kubernetes-validate==1.37.0' || { echo "missing: kubernetes-validate (pip install kubernetes-validate)"; exit 1; }
+	@command -v kubernetes-validate >/dev/null || { echo "missing: kubernetes-validate on PATH after pip install"; exit 1; }
 
 ## tools-netns: iptables, ip and setpriv for the `palisade init` network-namespace test. As root
 ## on Debian/Ubuntu they are installed; otherwise the missing ones are named. With

@@ -4,6 +4,7 @@ mod ca;
 mod ca_cluster;
 mod certificate_cli;
 mod crds;
+mod deploy;
 mod explain;
 mod init_netns;
 mod support;
