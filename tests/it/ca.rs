@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use palisade::auth::Identity;
 use palisade::auth::jwt::LocalJwtKey;
-use palisade::server::{self, Config, Running};
+use palisade::server::{self, Running};
 use palisade::xds::proto::istio_v1_auth::IstioCertificateRequest;
 use palisade::xds::proto::istio_v1_auth::istio_certificate_service_client::IstioCertificateServiceClient;
 use rcgen::{CertificateParams, KeyPair};
@@ -16,21 +16,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
+
+use crate::support;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 async fn start(dir: &Path) -> Running {
-    let config = Config {
-        state_dir: Some(dir.to_path_buf()),
-        config_dir: Some(dir.join("config")),
-        grpc_addr: loopback(),
-        webhook_addr: loopback(),
-        monitor_addr: loopback(),
-        ..Config::default()
-    };
+    let config = support::standalone_config(dir);
     server::start(config)
         .await
         .expect("standalone control plane starts")
@@ -407,7 +398,9 @@ async fn serving_certificate_hot_reload() {
     let config =
         palisade::server::tls::server_config(Arc::new(ServingResolver::new(rx)), None, &[b"h2"])
             .unwrap();
-    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(support::loopback())
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let mut incoming = palisade::server::tls::incoming(listener, Arc::new(config));
     tokio::spawn(async move { while incoming.recv().await.is_some() {} });

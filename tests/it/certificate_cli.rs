@@ -1,12 +1,11 @@
 //! `palisade token` + `palisade certificate` against a running standalone control plane: the
 //! commands a person uses to check a CA by hand.
 
-use std::net::SocketAddr;
 use std::process::Command;
 
-use palisade::server::{self, Config};
+use palisade::server;
 
-use crate::support::palisade_bin;
+use crate::support::{self, palisade_bin};
 
 fn run(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(palisade_bin())
@@ -23,17 +22,9 @@ fn run(args: &[&str]) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_then_certificate_gets_the_tokens_identity() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let running = server::start(Config {
-        state_dir: Some(dir.path().to_path_buf()),
-        config_dir: Some(dir.path().join("config")),
-        grpc_addr: loopback,
-        webhook_addr: loopback,
-        monitor_addr: loopback,
-        ..Config::default()
-    })
-    .await
-    .expect("control plane starts");
+    let running = server::start(support::standalone_config(dir.path()))
+        .await
+        .expect("control plane starts");
     let state = dir.path().to_string_lossy().into_owned();
     let ca_addr = format!("localhost:{}", running.grpc_addr.port());
     let root = dir.path().join(server::ROOT_CERT_FILE);

@@ -52,3 +52,20 @@ pub fn palisade(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Any free port on 127.0.0.1.
+pub fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A standalone control plane keeping its state in `dir`, every listener on a free loopback port.
+pub fn standalone_config(dir: &Path) -> palisade::server::Config {
+    palisade::server::Config {
+        state_dir: Some(dir.to_path_buf()),
+        config_dir: Some(dir.join("config")),
+        grpc_addr: loopback(),
+        webhook_addr: loopback(),
+        monitor_addr: loopback(),
+        ..palisade::server::Config::default()
+    }
+}

@@ -27,24 +27,15 @@ use crate::support;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 pub async fn start_standalone(dir: &Path) -> Running {
     let labels = BTreeMap::from([("palisade.dev/inject".to_string(), "enabled".to_string())]);
     let config = Config {
-        state_dir: Some(dir.to_path_buf()),
-        config_dir: Some(dir.join("config")),
-        grpc_addr: loopback(),
-        webhook_addr: loopback(),
-        monitor_addr: loopback(),
         injection: InjectionConfig {
             image: "registry.example/palisade:test".into(),
             namespace_labels: BTreeMap::from([("shop".to_string(), labels)]),
             ..InjectionConfig::default()
         },
-        ..Config::default()
+        ..support::standalone_config(dir)
     };
     server::start(config)
         .await
@@ -345,7 +336,7 @@ mod reload {
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr, task) = palisade::webhook::server::start(
-            loopback(),
+            support::loopback(),
             Arc::new(ServingResolver::new(rx)),
             injector,
             async move {
@@ -397,7 +388,9 @@ mod reload {
             namespaces: Arc::new(StaticNamespaces::default()),
             metrics: Default::default(),
         };
-        let (listener, addr) = palisade::webhook::server::bind(loopback()).await.unwrap();
+        let (listener, addr) = palisade::webhook::server::bind(support::loopback())
+            .await
+            .unwrap();
         let router = palisade::webhook::server::router(Arc::new(injector));
         let _task = palisade::webhook::server::serve_bounded(
             listener,
