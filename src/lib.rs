@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod ca;
 pub mod cli;
+pub mod controller;
 pub mod init;
 pub mod metrics;
 pub mod policy;

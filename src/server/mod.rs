@@ -101,6 +101,34 @@ pub struct Running {
     ready: Arc<AtomicBool>,
     servers: Vec<JoinHandle<Result<(), String>>>,
     background: Vec<JoinHandle<()>>,
+    leader: Option<LeaderTasks>,
+}
+
+/// The leader elector and the writers it gates (in-cluster mode).
+struct LeaderTasks {
+    /// Ends the election (dropping it does too); the elector then releases the Lease.
+    stop: tokio::sync::oneshot::Sender<()>,
+    elector: JoinHandle<()>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+impl LeaderTasks {
+    /// Stops the writers first, so none still writes when the other replica takes over, then
+    /// the election (which releases the Lease if held).
+    async fn shutdown(self) {
+        for writer in &self.writers {
+            writer.abort();
+        }
+        for writer in self.writers {
+            let _ = writer.await;
+        }
+        let _ = self.stop.send(());
+        let mut elector = self.elector;
+        let grace = crate::controller::leader::RETRY_PERIOD * 2;
+        if tokio::time::timeout(grace, &mut elector).await.is_err() {
+            elector.abort();
+        }
+    }
 }
 
 impl Running {
@@ -111,6 +139,9 @@ impl Running {
         self.shutdown.send_replace(true);
         for task in &self.background {
             task.abort();
+        }
+        if let Some(leader) = self.leader {
+            leader.shutdown().await;
         }
         for server in self.servers {
             server
@@ -326,12 +357,28 @@ pub async fn start_with_client(
             .map_err(|e| format!("monitor server: {e}"))
     });
 
+    let mut leader = None;
     let namespaces: Arc<dyn crate::webhook::namespaces::NamespaceLabels> = match &client {
         Some(client) => {
-            background.push(
-                crate::webhook::ca_bundle::CaBundleSync::new(client.clone())
-                    .spawn(authority.subscribe_bundle()),
+            // Cluster writers run on the elected replica only (standalone writes no cluster).
+            let identity = crate::controller::leader::default_identity();
+            tracing::info!(%identity, namespace = %config.namespace, "joining leader election");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (leading, elector) = crate::controller::leader::spawn(
+                client.clone(),
+                &config.namespace,
+                identity,
+                async {
+                    let _ = stopped.await;
+                },
             );
+            let ca_bundle = crate::webhook::ca_bundle::CaBundleSync::new(client.clone())
+                .spawn_while_leader(authority.subscribe_bundle(), leading);
+            leader = Some(LeaderTasks {
+                stop,
+                elector,
+                writers: vec![ca_bundle],
+            });
             Arc::new(crate::webhook::namespaces::KubeNamespaces::new(
                 client.clone(),
             ))
@@ -366,5 +413,6 @@ pub async fn start_with_client(
         ready,
         servers: vec![grpc, monitor, webhook],
         background,
+        leader,
     })
 }

@@ -108,30 +108,56 @@ impl CaBundleSync {
     /// Checks now, on every trust-bundle change, and every [`RESYNC`]; errors are logged and
     /// retried. Abort the task to stop.
     pub fn spawn(self, mut bundles: watch::Receiver<TrustBundle>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(&mut bundles).await })
+    }
+
+    /// [`spawn`](Self::spawn), but checking only while `leader` is `true`: the loop starts
+    /// (with a check right away) when leadership is gained and is dropped as soon as it is
+    /// lost. Ends when either channel closes.
+    pub fn spawn_while_leader(
+        self,
+        mut bundles: watch::Receiver<TrustBundle>,
+        mut leader: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             loop {
-                let pem = bundles.borrow_and_update().to_pem();
-                let wait = match self.reconcile(&pem).await {
-                    Ok(Outcome::Updated(n)) => {
-                        tracing::info!(webhooks = n, "updated the webhook caBundle");
-                        RESYNC
-                    }
-                    Ok(Outcome::NotFound) => {
-                        tracing::debug!(name = %self.name, "webhook configuration not found");
-                        RESYNC
-                    }
-                    Ok(Outcome::Unchanged) => RESYNC,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook caBundle check failed; retrying");
-                        RETRY
-                    }
-                };
-                tokio::select! {
-                    changed = bundles.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(wait) => {}
+                if leader.wait_for(|leading| *leading).await.is_err() {
+                    return;
                 }
+                let lost = async { leader.wait_for(|leading| !*leading).await.is_ok() };
+                tokio::select! {
+                    () = self.run(&mut bundles) => return,
+                    still_running = lost => if !still_running { return },
+                }
+                tracing::debug!("not the leader; webhook caBundle sync paused");
             }
         })
+    }
+
+    /// The loop behind [`spawn`](Self::spawn); returns when the bundle channel closes.
+    async fn run(&self, bundles: &mut watch::Receiver<TrustBundle>) {
+        loop {
+            let pem = bundles.borrow_and_update().to_pem();
+            let wait = match self.reconcile(&pem).await {
+                Ok(Outcome::Updated(n)) => {
+                    tracing::info!(webhooks = n, "updated the webhook caBundle");
+                    RESYNC
+                }
+                Ok(Outcome::NotFound) => {
+                    tracing::debug!(name = %self.name, "webhook configuration not found");
+                    RESYNC
+                }
+                Ok(Outcome::Unchanged) => RESYNC,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook caBundle check failed; retrying");
+                    RETRY
+                }
+            };
+            tokio::select! {
+                changed = bundles.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 }
 

@@ -157,3 +157,57 @@ async fn spawned_loop_follows_bundle_changes() {
     expect_get(&mut handle, StatusCode::OK, configuration(&[Some("")])).await;
     task.abort();
 }
+
+/// Fails if a request arrives within `for_` (paused time: no real waiting).
+async fn expect_silence(handle: &mut Handle, for_: std::time::Duration) {
+    if let Ok(request) = tokio::time::timeout(for_, handle.next_request()).await {
+        let what = request.map(|(req, _)| format!("{} {}", req.method(), req.uri()));
+        panic!("no request expected while not the leader, got {what:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn gated_loop_checks_only_while_leader() {
+    let (sync, mut handle) = mock();
+    let (bundle_tx, bundles) = watch::channel(crate::ca::TrustBundle::default());
+    let (leader_tx, leader) = watch::channel(false);
+    let task = sync.spawn_while_leader(bundles, leader);
+    let quiet = RESYNC * 3;
+    // Not the leader: neither time (resyncs) nor bundle changes make it touch the API.
+    expect_silence(&mut handle, quiet).await;
+    bundle_tx.send_modify(|_| {});
+    expect_silence(&mut handle, quiet).await;
+    // Leader: a check right away, then the loop as usual (a resync).
+    leader_tx.send_replace(true);
+    expect_get(&mut handle, StatusCode::OK, configuration(&[Some("")])).await;
+    expect_get(&mut handle, StatusCode::OK, configuration(&[Some("")])).await;
+    // Lost: silent again, even on a bundle change.
+    leader_tx.send_replace(false);
+    bundle_tx.send_modify(|_| {});
+    expect_silence(&mut handle, quiet).await;
+    // Regained: checks at once.
+    leader_tx.send_replace(true);
+    expect_get(&mut handle, StatusCode::OK, configuration(&[Some("")])).await;
+    // The elector ending (sender dropped) ends the loop.
+    drop(leader_tx);
+    tokio::time::timeout(RESYNC, task)
+        .await
+        .expect("loop ends with the elector")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_leadership_mid_check_drops_the_write() {
+    let (sync, mut handle) = mock();
+    let (_bundle_tx, bundles) = watch::channel(crate::ca::TrustBundle::default());
+    let (leader_tx, leader) = watch::channel(true);
+    let _task = sync.spawn_while_leader(bundles, leader);
+    // The GET is in flight when leadership is lost; its answer (a stale bundle) must not
+    // lead to a PATCH.
+    let (req, send) = handle.next_request().await.expect("GET expected");
+    assert_eq!(req.method(), Method::GET);
+    leader_tx.send_replace(false);
+    tokio::task::yield_now().await;
+    respond(send, StatusCode::OK, &configuration(&[Some("old root")]));
+    expect_silence(&mut handle, RESYNC * 3).await;
+}

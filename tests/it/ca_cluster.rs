@@ -1,6 +1,8 @@
 //! In-cluster mode against a mocked API server (tower-test): the control plane looks for the
 //! plug-in CA Secret, creates the self-signed root in Secret `palisade-ca`, and authenticates a
-//! CSR with a TokenReview carrying the caller's token and the `palisade-ca` audience.
+//! CSR with a TokenReview carrying the caller's token and the `palisade-ca` audience. The
+//! replica wins the leader Lease before it touches the webhook configuration, and releases the
+//! Lease on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,9 +32,21 @@ fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
 }
 
-/// A minimal API server: Secrets (get/create) and TokenReviews ("good-token" is default/web).
-async fn api_server(mut handle: Handle, log: Log, reviews: Arc<Mutex<Vec<Value>>>) {
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/palisade-system/leases";
+const WEBHOOK_CONFIGURATION: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector";
+
+/// A minimal API server: Secrets (get/create), TokenReviews ("good-token" is default/web), and
+/// the leader Lease (get/create/update, optimistic concurrency). Lease writes go to `leases`.
+async fn api_server(
+    mut handle: Handle,
+    log: Log,
+    reviews: Arc<Mutex<Vec<Value>>>,
+    leases: Arc<Mutex<Vec<Value>>>,
+) {
     let mut stored: Option<Value> = None;
+    let mut lease: Option<Value> = None;
+    let lease_path = format!("{LEASES}/palisade-controller-leader");
     while let Some((req, send)) = handle.next_request().await {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         log.lock().unwrap().push(format!("{method} {path}"));
@@ -68,10 +82,38 @@ async fn api_server(mut handle: Handle, log: Log, reviews: Arc<Mutex<Vec<Value>>
                 reply(StatusCode::CREATED, &answer)
             }
             // The webhook's caBundle sync runs in cluster mode too; not installed here.
-            (
-                Method::GET,
-                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector",
-            ) => reply(StatusCode::NOT_FOUND, &not_found()),
+            (Method::GET, WEBHOOK_CONFIGURATION) => reply(StatusCode::NOT_FOUND, &not_found()),
+            (Method::GET, p) if p == lease_path => match &lease {
+                Some(l) => reply(StatusCode::OK, l),
+                None => reply(StatusCode::NOT_FOUND, &not_found()),
+            },
+            (Method::POST, LEASES) if lease.is_none() => {
+                leases.lock().unwrap().push(body.clone());
+                let mut created = body;
+                created["metadata"]["resourceVersion"] = json!("1");
+                lease = Some(created.clone());
+                reply(StatusCode::CREATED, &created)
+            }
+            (Method::PUT, p) if p == lease_path => {
+                leases.lock().unwrap().push(body.clone());
+                let current = lease
+                    .as_ref()
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
+                if current.as_ref() != Some(&body["metadata"]["resourceVersion"]) {
+                    let conflict = json!({"kind": "Status", "apiVersion": "v1",
+                        "status": "Failure", "reason": "Conflict", "code": 409});
+                    reply(StatusCode::CONFLICT, &conflict)
+                } else {
+                    let version: u64 = body["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap();
+                    let mut updated = body;
+                    updated["metadata"]["resourceVersion"] = json!((version + 1).to_string());
+                    lease = Some(updated.clone());
+                    reply(StatusCode::OK, &updated)
+                }
+            }
             (m, p) => panic!("unexpected request {m} {p}"),
         };
         send.send_response(response);
@@ -83,7 +125,13 @@ async fn in_cluster_mode_creates_the_root_secret_and_uses_token_review() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let (log, reviews) = (Log::default(), Arc::new(Mutex::new(Vec::new())));
-    tokio::spawn(api_server(handle, log.clone(), reviews.clone()));
+    let leases = Arc::new(Mutex::new(Vec::new()));
+    tokio::spawn(api_server(
+        handle,
+        log.clone(),
+        reviews.clone(),
+        leases.clone(),
+    ));
 
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = Config {
@@ -158,5 +206,41 @@ async fn in_cluster_mode_creates_the_root_secret_and_uses_token_review() {
             json!({"token": "stolen-token", "audiences": ["palisade-ca"]}),
         ]
     );
+
+    // The caBundle sync started once this replica held the Lease, not before.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let webhook_get = format!("GET {WEBHOOK_CONFIGURATION}");
+    let position = |call: &str| log.lock().unwrap().iter().position(|c| c == call);
+    while position(&webhook_get).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no caBundle check within 10 s: {:?}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let lease_get = format!("GET {LEASES}/palisade-controller-leader");
+    let lease_calls: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|call| call.contains("/leases"))
+        .take(2)
+        .cloned()
+        .collect();
+    assert_eq!(lease_calls, [lease_get, format!("POST {LEASES}")]);
+    assert!(position(&format!("POST {LEASES}")) < position(&webhook_get));
+
     running.shutdown().await.unwrap();
+    // Released on the way out: the other replica need not wait out the lease duration.
+    let leases = leases.lock().unwrap();
+    let (created, released) = (leases.first().unwrap(), leases.last().unwrap());
+    let holder = created["spec"]["holderIdentity"].as_str().unwrap();
+    assert!(!holder.is_empty());
+    assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+    assert_eq!(released["spec"]["holderIdentity"], "");
+    assert_eq!(
+        log.lock().unwrap().last().map(String::as_str),
+        Some(format!("PUT {LEASES}/palisade-controller-leader").as_str())
+    );
 }

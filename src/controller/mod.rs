@@ -1,0 +1,9 @@
+//! The controller's cluster writers and what coordinates them. The controller runs as several
+//! replicas; everything that writes cluster state (the webhook caBundle first, later status,
+//! root-cert ConfigMaps and the CA Secret) runs only on the replica that holds the
+//! [`leader`] Lease.
+
+pub mod leader;
+
+/// Field manager recorded on the controller's writes.
+pub const FIELD_MANAGER: &str = "palisade-controller";
