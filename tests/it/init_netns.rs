@@ -316,15 +316,42 @@ fn init_dry_run_prints_the_script_without_root() {
         "init",
         "--dry-run",
         "--exclude-outbound-ip-ranges",
-        "169.254.169.254",
+        "169.254.169.254,fd00:ec2::254",
     ]);
     assert!(ok, "{stderr}");
+    // One script per family, each under a comment header that iptables-restore skips.
+    let (v4, v6) = stdout
+        .split_once("# ip6tables-restore\n")
+        .unwrap_or_else(|| panic!("no IPv6 script: {stdout}"));
     assert!(
-        stdout.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        v4.starts_with("# iptables-restore\n*nat\n:PALISADE_INBOUND - [0:0]\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
-    assert!(stdout.ends_with("COMMIT\n"));
+    assert!(v4.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
+    assert!(v4.contains("-A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN\n"));
+    assert!(v4.ends_with("COMMIT\n") && !v4.contains("fd00"));
+    assert!(
+        v6.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        "{stdout}"
+    );
+    assert!(v6.contains("-A PALISADE_OUTPUT -d fd00:ec2::254/128 -j RETURN\n"));
+    assert!(v6.contains("-A PALISADE_OUTPUT -d ::1/128 -j RETURN\n"));
+    assert!(v6.ends_with("COMMIT\n") && !v6.contains("169.254"));
+    // --ipv6 off prints the IPv4 script alone.
+    let (ok, stdout, stderr) = support::palisade(&["init", "--dry-run", "--ipv6", "off"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("# iptables-restore\n") && !stdout.contains("ip6tables"));
+    let (ok, _, stderr) = support::palisade(&[
+        "init",
+        "--dry-run",
+        "--include-outbound-ip-ranges",
+        "fd00::/129",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--include-outbound-ip-ranges") && stderr.contains("fd00::/129"),
+        "{stderr}"
+    );
     let (ok, _, stderr) =
         support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
     assert!(!ok);
