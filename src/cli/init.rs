@@ -155,21 +155,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if use_ipv6(args.ipv6, &v6)? {
         tables.push(&v6);
     }
+    // When the IPv6 step fails, the IPv4 one has already changed the namespace: say so.
+    let v4_done = match (args.cleanup, args.dry_run) {
+        (_, true) => None,
+        (false, false) => Some(
+            "the IPv4 rules are installed but installing the IPv6 rules failed, so IPv6 \
+             traffic is NOT captured; re-running palisade init is safe (idempotent)",
+        ),
+        (true, false) => Some(
+            "the IPv4 rules were removed but removing the IPv6 rules failed; re-running \
+             palisade init --cleanup is safe",
+        ),
+    };
     for (i, table) in tables.iter().enumerate() {
-        let done = i > 0;
         let step = |r: Result<(), apply::ApplyError>| -> anyhow::Result<()> {
-            match r {
-                Ok(()) => Ok(()),
-                // Say plainly that the first family is in place and the second is not.
-                Err(e) if done => Err(anyhow::Error::new(e).context(if args.cleanup {
-                    "the IPv4 rules were removed but removing the IPv6 rules failed; \
-                     re-running palisade init --cleanup is safe"
-                } else {
-                    "the IPv4 rules are installed but installing the IPv6 rules failed, so \
-                     IPv6 traffic is NOT captured; re-running palisade init is safe (idempotent)"
-                })),
-                Err(e) => Err(e.into()),
-            }
+            r.map_err(|e| match v4_done {
+                Some(note) if i > 0 => anyhow::Error::new(e).context(note),
+                _ => e.into(),
+            })
         };
         let name = match table.family {
             Family::V4 => "IPv4",
@@ -195,4 +198,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("init").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn ipv6_flags_default_to_auto_and_the_usual_front_ends() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.ipv6, Ipv6Mode::Auto);
+        assert_eq!(a.ip6tables_save, "ip6tables-save");
+        assert_eq!(a.ip6tables_restore, "ip6tables-restore");
+        let a = parse(&[
+            "--ipv6",
+            "off",
+            "--ip6tables-restore",
+            "ip6tables-legacy-restore",
+        ])
+        .unwrap();
+        assert_eq!(a.ipv6, Ipv6Mode::Off);
+        assert_eq!(a.ip6tables_restore, "ip6tables-legacy-restore");
+        assert_eq!(parse(&["--ipv6", "on"]).unwrap().ipv6, Ipv6Mode::On);
+        assert!(parse(&["--ipv6", "yes"]).is_err());
+    }
+
+    #[test]
+    fn mixed_range_flags_are_accepted_and_bad_ones_named() {
+        let a = parse(&[
+            "--include-outbound-ip-ranges",
+            "10.0.0.0/8,fd00::/8",
+            "--exclude-outbound-ip-ranges",
+            "fd00::1",
+        ])
+        .unwrap();
+        let s = a.settings().unwrap();
+        assert_eq!(s.include_outbound.to_string(), "10.0.0.0/8,fd00::/8");
+        assert_eq!(init::join(&s.exclude_outbound_cidrs), "fd00::1/128");
+        let e = parse(&["--exclude-outbound-ip-ranges", "fd00::/200"])
+            .unwrap()
+            .settings()
+            .unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("--exclude-outbound-ip-ranges") && text.contains("fd00::/200"),
+            "{text}"
+        );
+    }
 }
