@@ -52,10 +52,10 @@ tools: tools-netns
 	@command -v kubernetes-validate >/dev/null || $(PIP) install --quiet 'kubernetes-validate==1.37.0' || { echo "missing: kubernetes-validate (pip install kubernetes-validate)"; exit 1; }
 	@command -v kubernetes-validate >/dev/null || { echo "missing: kubernetes-validate on PATH after pip install"; exit 1; }
 
-## tools-netns: iptables, ip and setpriv for the `palisade init` network-namespace test. As root
+## tools-netns: iptables, ip6tables, ip and setpriv for the `palisade init` network-namespace test. As root
 ## on Debian/Ubuntu they are installed; otherwise the missing ones are named. With
 ## PALISADE_SKIP_NETNS=1 the test is skipped (loudly), so nothing is required.
-NETNS_TOOLS := iptables-save iptables-restore ip setpriv
+NETNS_TOOLS := iptables-save iptables-restore ip6tables-save ip6tables-restore ip setpriv
 NETNS_PACKAGES := iptables iproute2 util-linux
 tools-netns:
 	@if [ "$${PALISADE_SKIP_NETNS:-}" = 1 ]; then echo "tools-netns: PALISADE_SKIP_NETNS=1, not checking $(NETNS_TOOLS)"; exit 0; fi; \

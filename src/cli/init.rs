@@ -1,15 +1,27 @@
-//! `palisade init`: installs (or with `--cleanup` removes) the iptables rules that send the
-//! pod's TCP traffic through its proxy. Runs as the `palisade-init` init container.
+//! `palisade init`: installs (or with `--cleanup` removes) the iptables and ip6tables rules
+//! that send the pod's TCP traffic through its proxy. Runs as the `palisade-init` init
+//! container.
 
 use anyhow::Context as _;
 
-use crate::init::apply::Iptables;
-use crate::init::{self, OutboundInclude, Settings};
+use crate::init::apply::{self, Iptables};
+use crate::init::{self, Family, OutboundInclude, Settings};
+
+/// Whether IPv6 rules are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ipv6Mode {
+    /// When the namespace has IPv6 enabled and the ip6tables front-ends exist.
+    Auto,
+    /// Always; fail if IPv6 is disabled or ip6tables is missing.
+    On,
+    /// Never (IPv4 rules only).
+    Off,
+}
 
 /// Set up traffic capture in the current network namespace (idempotent).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Print the iptables-restore script instead of applying it.
+    /// Print the iptables-restore and ip6tables-restore scripts instead of applying them.
     #[arg(long)]
     pub dry_run: bool,
     /// Remove Palisade's chains and jumps instead of installing them.
@@ -33,10 +45,10 @@ pub struct Args {
     /// Outbound destination ports not captured, comma-separated.
     #[arg(long, default_value = "")]
     pub exclude_outbound_ports: String,
-    /// Outbound destinations captured: `*` or comma-separated IPv4 CIDRs.
+    /// Outbound destinations captured: `*` (both families) or comma-separated IPv4 or IPv6 CIDRs.
     #[arg(long, default_value = "*")]
     pub include_outbound_ip_ranges: String,
-    /// Outbound destinations not captured: comma-separated IPv4 CIDRs.
+    /// Outbound destinations not captured: comma-separated IPv4 or IPv6 CIDRs.
     #[arg(long, default_value = "")]
     pub exclude_outbound_ip_ranges: String,
     /// `iptables-save` to run (e.g. iptables-legacy-save).
@@ -45,6 +57,16 @@ pub struct Args {
     /// `iptables-restore` to run (e.g. iptables-legacy-restore).
     #[arg(long, default_value = "iptables-restore")]
     pub iptables_restore: String,
+    /// `ip6tables-save` to run (e.g. ip6tables-legacy-save).
+    #[arg(long, default_value = "ip6tables-save")]
+    pub ip6tables_save: String,
+    /// `ip6tables-restore` to run (e.g. ip6tables-legacy-restore).
+    #[arg(long, default_value = "ip6tables-restore")]
+    pub ip6tables_restore: String,
+    /// Write IPv6 rules: `auto` when the namespace has IPv6 and ip6tables exists, `on` always
+    /// (failing if it cannot), `off` never.
+    #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto)]
+    pub ipv6: Ipv6Mode,
 }
 
 impl Args {
@@ -67,30 +89,172 @@ impl Args {
     }
 }
 
-/// Applies, removes or prints the rules.
+/// Whether to write IPv6 rules here (`--ipv6 on` fails when it cannot).
+fn use_ipv6(mode: Ipv6Mode, v6: &Iptables) -> anyhow::Result<bool> {
+    match mode {
+        Ipv6Mode::Off => Ok(false),
+        Ipv6Mode::On => {
+            apply::ipv6_enabled().map_err(|why| anyhow::anyhow!("--ipv6 on: {why}"))?;
+            v6.available()
+                .context("--ipv6 on: ip6tables is not usable")?;
+            Ok(true)
+        }
+        Ipv6Mode::Auto => match apply::ipv6_enabled()
+            .map_err(anyhow::Error::msg)
+            .and_then(|()| {
+                v6.available()
+                    .map_err(|e| anyhow::anyhow!("ip6tables is not usable: {e}"))
+            }) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                eprintln!("palisade init: IPv6 rules skipped (--ipv6 auto): {why}");
+                Ok(false)
+            }
+        },
+    }
+}
+
+/// The comment line that heads one family's script in `--dry-run` output (restore skips it).
+fn header(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "# iptables-restore\n",
+        Family::V6 => "# ip6tables-restore\n",
+    }
+}
+
+/// Applies, removes or prints the rules: IPv4 first, then IPv6.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let iptables = Iptables {
+    let v4 = Iptables {
+        family: Family::V4,
         save: args.iptables_save.clone(),
         restore: args.iptables_restore.clone(),
     };
-    match (args.cleanup, args.dry_run) {
-        (false, true) => {
-            // No current table to diff against: print what a first run would install.
-            print!("{}", init::rules::apply_script(&settings, ""));
+    let v6 = Iptables {
+        family: Family::V6,
+        save: args.ip6tables_save.clone(),
+        restore: args.ip6tables_restore.clone(),
+    };
+    if args.dry_run && !args.cleanup {
+        // No current table to diff against: print what a first run would install, for both
+        // families unless IPv6 is off (nothing is probed: this runs anywhere).
+        let mut families = vec![Family::V4];
+        if args.ipv6 != Ipv6Mode::Off {
+            families.push(Family::V6);
         }
-        (true, true) => match init::rules::cleanup_script(&iptables.current_nat()?) {
-            Some(script) => print!("{script}"),
-            None => eprintln!("nothing to clean up"),
-        },
-        (false, false) => {
-            iptables.apply(&settings)?;
-            eprintln!("palisade init: traffic capture installed");
+        for family in families {
+            print!(
+                "{}{}",
+                header(family),
+                init::rules::apply_script(&settings, family, "")
+            );
         }
-        (true, false) => match iptables.cleanup()? {
-            Some(_) => eprintln!("palisade init: traffic capture removed"),
-            None => eprintln!("palisade init: nothing to clean up"),
-        },
+        return Ok(());
+    }
+    let mut tables = vec![&v4];
+    if use_ipv6(args.ipv6, &v6)? {
+        tables.push(&v6);
+    }
+    // When the IPv6 step fails, the IPv4 one has already changed the namespace: say so.
+    let v4_done = match (args.cleanup, args.dry_run) {
+        (_, true) => None,
+        (false, false) => Some(
+            "the IPv4 rules are installed but installing the IPv6 rules failed, so IPv6 \
+             traffic is NOT captured; re-running palisade init is safe (idempotent)",
+        ),
+        (true, false) => Some(
+            "the IPv4 rules were removed but removing the IPv6 rules failed; re-running \
+             palisade init --cleanup is safe",
+        ),
+    };
+    for (i, table) in tables.iter().enumerate() {
+        let step = |r: Result<(), apply::ApplyError>| -> anyhow::Result<()> {
+            r.map_err(|e| match v4_done {
+                Some(note) if i > 0 => anyhow::Error::new(e).context(note),
+                _ => e.into(),
+            })
+        };
+        let name = match table.family {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        };
+        match (args.cleanup, args.dry_run) {
+            (true, true) => {
+                step(table.current_nat().map(|current| {
+                    match init::rules::cleanup_script(&current) {
+                        Some(script) => print!("{}{script}", header(table.family)),
+                        None => eprintln!("{name}: nothing to clean up"),
+                    }
+                }))?
+            }
+            (false, _) => {
+                step(table.apply(&settings).map(drop))?;
+                eprintln!("palisade init: {name} traffic capture installed");
+            }
+            (true, false) => step(table.cleanup().map(|script| match script {
+                Some(_) => eprintln!("palisade init: {name} traffic capture removed"),
+                None => eprintln!("palisade init: {name}: nothing to clean up"),
+            }))?,
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("init").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn ipv6_flags_default_to_auto_and_the_usual_front_ends() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.ipv6, Ipv6Mode::Auto);
+        assert_eq!(a.ip6tables_save, "ip6tables-save");
+        assert_eq!(a.ip6tables_restore, "ip6tables-restore");
+        let a = parse(&[
+            "--ipv6",
+            "off",
+            "--ip6tables-restore",
+            "ip6tables-legacy-restore",
+        ])
+        .unwrap();
+        assert_eq!(a.ipv6, Ipv6Mode::Off);
+        assert_eq!(a.ip6tables_restore, "ip6tables-legacy-restore");
+        assert_eq!(parse(&["--ipv6", "on"]).unwrap().ipv6, Ipv6Mode::On);
+        assert!(parse(&["--ipv6", "yes"]).is_err());
+    }
+
+    #[test]
+    fn mixed_range_flags_are_accepted_and_bad_ones_named() {
+        let a = parse(&[
+            "--include-outbound-ip-ranges",
+            "10.0.0.0/8,fd00::/8",
+            "--exclude-outbound-ip-ranges",
+            "fd00::1",
+        ])
+        .unwrap();
+        let s = a.settings().unwrap();
+        assert_eq!(s.include_outbound.to_string(), "10.0.0.0/8,fd00::/8");
+        assert_eq!(init::join(&s.exclude_outbound_cidrs), "fd00::1/128");
+        let e = parse(&["--exclude-outbound-ip-ranges", "fd00::/200"])
+            .unwrap()
+            .settings()
+            .unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("--exclude-outbound-ip-ranges") && text.contains("fd00::/200"),
+            "{text}"
+        );
+    }
 }

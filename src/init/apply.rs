@@ -1,11 +1,12 @@
 //! Running the scripts of [`super::rules`] against the current network namespace with
-//! `iptables-save` and `iptables-restore --noflush` (one atomic transaction each).
+//! `iptables-save` and `iptables-restore --noflush` (one atomic transaction each), and the
+//! same with `ip6tables-save` / `ip6tables-restore` for IPv6.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use super::Settings;
 use super::rules;
+use super::{Family, Settings};
 
 /// Why the rules could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -23,9 +24,12 @@ pub enum ApplyError {
     },
 }
 
-/// The iptables front-ends to run (e.g. `iptables-legacy-save` on hosts that need it).
+/// The iptables front-ends to run for one family (e.g. `iptables-legacy-save` on hosts that
+/// need it).
 #[derive(Clone, Debug)]
 pub struct Iptables {
+    /// Which rule set these front-ends take.
+    pub family: Family,
     /// Prints a table (`iptables-save`).
     pub save: String,
     /// Applies a script (`iptables-restore`).
@@ -35,14 +39,68 @@ pub struct Iptables {
 impl Default for Iptables {
     fn default() -> Self {
         Self {
+            family: Family::V4,
             save: "iptables-save".into(),
             restore: "iptables-restore".into(),
         }
     }
 }
 
+/// Where the kernel says whether IPv6 is disabled in the current network namespace.
+pub const DISABLE_IPV6_SYSCTL: &str = "/proc/sys/net/ipv6/conf/all/disable_ipv6";
+
 impl Iptables {
-    /// The current nat table, as `iptables-save -t nat` prints it.
+    /// The default IPv6 front-ends (`ip6tables-save`, `ip6tables-restore`).
+    pub fn default_v6() -> Self {
+        Self {
+            family: Family::V6,
+            save: "ip6tables-save".into(),
+            restore: "ip6tables-restore".into(),
+        }
+    }
+
+    /// `Ok` when both front-ends can be started; otherwise why not.
+    pub fn available(&self) -> Result<(), ApplyError> {
+        for bin in [&self.save, &self.restore] {
+            let command = format!("{bin} --version");
+            let out = Command::new(bin)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .map_err(|source| ApplyError::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(ApplyError::Failed {
+                    command,
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether IPv6 is enabled in the current network namespace, from [`DISABLE_IPV6_SYSCTL`]
+/// (`Err` with the reason when it is not, or cannot be told).
+pub fn ipv6_enabled() -> Result<(), String> {
+    match std::fs::read_to_string(DISABLE_IPV6_SYSCTL) {
+        Ok(v) if v.trim() == "0" => Ok(()),
+        Ok(v) => Err(format!(
+            "IPv6 is disabled in this network namespace ({DISABLE_IPV6_SYSCTL} is {:?})",
+            v.trim()
+        )),
+        Err(e) => Err(format!(
+            "IPv6 is not available in this network namespace (reading {DISABLE_IPV6_SYSCTL}: {e})"
+        )),
+    }
+}
+
+impl Iptables {
+    /// The current nat table, as `iptables-save -t nat` (or `ip6tables-save`) prints it.
     pub fn current_nat(&self) -> Result<String, ApplyError> {
         let command = format!("{} -t nat", self.save);
         let out = Command::new(&self.save)
@@ -90,9 +148,9 @@ impl Iptables {
         Ok(())
     }
 
-    /// Installs the rule set (idempotent: re-running replaces it).
+    /// Installs this family's rule set (idempotent: re-running replaces it).
     pub fn apply(&self, settings: &Settings) -> Result<String, ApplyError> {
-        let script = rules::apply_script(settings, &self.current_nat()?);
+        let script = rules::apply_script(settings, self.family, &self.current_nat()?);
         self.restore(&script)?;
         Ok(script)
     }

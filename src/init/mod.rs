@@ -9,7 +9,7 @@ pub mod apply;
 pub mod rules;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// The proxy's user and group: iptables skips traffic from sockets they own.
@@ -41,7 +41,7 @@ pub const MAX_LIST_CHARS: usize = 4096;
 pub enum ListError {
     #[error("{0:?} is not a port number (1-65535)")]
     Port(String),
-    #[error("{0:?} is not an IPv4 address or CIDR range (IPv6 is not supported yet)")]
+    #[error("{0:?} is not an IPv4 or IPv6 address or CIDR range")]
     Cidr(String),
     #[error("more than {MAX_LIST_ENTRIES} entries")]
     TooMany,
@@ -73,13 +73,32 @@ pub fn parse_ports(text: &str) -> Result<Vec<u16>, ListError> {
     Ok(ports)
 }
 
-/// An IPv4 range; the address is stored with its host bits cleared.
+/// An IP address family: each gets its own rule set and its own iptables front-end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// `iptables`.
+    V4,
+    /// `ip6tables`.
+    V6,
+}
+
+/// An IPv4 or IPv6 range; the address is stored with its host bits cleared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cidr {
     /// The network address (host bits zero).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0 to 32.
+    pub addr: IpAddr,
+    /// Prefix length: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub prefix: u8,
+}
+
+impl Cidr {
+    /// The family of the range.
+    pub fn family(&self) -> Family {
+        match self.addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
 }
 
 impl FromStr for Cidr {
@@ -88,17 +107,37 @@ impl FromStr for Cidr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || ListError::Cidr(s.to_string());
         let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad())?),
-            None => (s, 32),
+            Some((a, p)) => {
+                // `u8::from_str` accepts a leading `+`; a prefix is digits only.
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                (a, Some(p.parse::<u8>().map_err(|_| bad())?))
+            }
+            None => (s, None),
         };
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
-        }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let addr_and_prefix = match addr {
+            IpAddr::V4(v4) => {
+                let prefix = prefix.unwrap_or(32);
+                if prefix > 32 {
+                    return Err(bad());
+                }
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                (IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask)), prefix)
+            }
+            IpAddr::V6(v6) => {
+                let prefix = prefix.unwrap_or(128);
+                if prefix > 128 {
+                    return Err(bad());
+                }
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                (IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)), prefix)
+            }
+        };
         Ok(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
+            addr: addr_and_prefix.0,
+            prefix: addr_and_prefix.1,
         })
     }
 }
@@ -109,7 +148,8 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// Parses `"10.0.0.0/8,192.168.1.1"` (empty = none); sorted, without duplicates.
+/// Parses `"10.0.0.0/8,192.168.1.1,fd00::/8"` (empty = none; IPv4 and IPv6 may be mixed);
+/// sorted (IPv4 first), without duplicates.
 pub fn parse_cidrs(text: &str) -> Result<Vec<Cidr>, ListError> {
     let mut cidrs = split_list(text)?
         .map(Cidr::from_str)
@@ -206,9 +246,77 @@ mod tests {
         let c = parse_cidrs("10.1.2.3/8, 192.168.0.1").unwrap();
         assert_eq!(join(&c), "10.0.0.0/8,192.168.0.1/32");
         assert_eq!(join(&parse_cidrs("0.0.0.0/0").unwrap()), "0.0.0.0/0");
-        for bad in ["10.0.0.0/33", "fd00::/8", "10.0.0", "10.0.0.0/x", "*"] {
-            assert!(parse_cidrs(bad).is_err(), "{bad}");
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0",
+            "10.0.0.0/x",
+            "*",
+            "10.0.0.0/+8",
+            "10.0.0.0/",
+        ] {
+            assert_eq!(parse_cidrs(bad), Err(ListError::Cidr(bad.into())), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv6_cidrs_parse_and_normalise() {
+        let c = parse_cidrs("fd00:1:2:ff::3/48, ::1, 2001:db8::/32").unwrap();
+        assert_eq!(join(&c), "::1/128,2001:db8::/32,fd00:1:2::/48");
+        assert!(c.iter().all(|c| c.family() == Family::V6));
+        assert_eq!(join(&parse_cidrs("::/0").unwrap()), "::/0");
+        // Host bits past a prefix that is not a multiple of 16.
+        assert_eq!(
+            join(&parse_cidrs("fd00:ffff::/17").unwrap()),
+            "fd00:8000::/17"
+        );
+        assert_eq!(
+            join(&parse_cidrs("fd00::1/128").unwrap()),
+            "fd00::1/128",
+            "/128 keeps every bit"
+        );
+        for bad in [
+            "fd00::/129",
+            "fd00::/300",
+            "fd00:::1/64",
+            "fd00::g/64",
+            "[fd00::]/64",
+            "fd00::/-1",
+            "fe80::1%eth0",
+        ] {
+            let e = parse_cidrs(bad).unwrap_err();
+            assert_eq!(e, ListError::Cidr(bad.into()));
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn mixed_lists_keep_both_families() {
+        let c = parse_cidrs("fd00::/8,10.1.0.0/16,10.1.2.3/16,fd00::5/8").unwrap();
+        assert_eq!(join(&c), "10.1.0.0/16,fd00::/8");
+        assert_eq!(
+            c.iter().map(Cidr::family).collect::<Vec<_>>(),
+            [Family::V4, Family::V6]
+        );
+        // The first bad value is named, whatever the family of the good ones.
+        assert_eq!(
+            parse_cidrs("10.0.0.0/8,fd00::/129"),
+            Err(ListError::Cidr("fd00::/129".into()))
+        );
+        // A v4 prefix bound is not applied to v6, nor the other way round.
+        assert!(parse_cidrs("10.0.0.0/64").is_err());
+        assert!(parse_cidrs("fd00::/64").is_ok());
+    }
+
+    #[test]
+    fn cidr_lists_are_bounded() {
+        let at_bound = (0..MAX_LIST_ENTRIES)
+            .map(|i| format!("fd00:{i:x}::/32"))
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(parse_cidrs(&at_bound).unwrap().len(), MAX_LIST_ENTRIES);
+        let over = format!("{at_bound},10.0.0.0/8");
+        assert_eq!(parse_cidrs(&over), Err(ListError::TooMany));
+        assert_eq!(OutboundInclude::parse(&over), Err(ListError::TooMany));
     }
 
     #[test]

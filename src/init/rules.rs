@@ -1,11 +1,12 @@
-//! The rule set as `iptables-restore --noflush` scripts (pure functions).
+//! The rule set as `iptables-restore --noflush` / `ip6tables-restore --noflush` scripts (pure
+//! functions): one script per address family, each with only that family's ranges.
 //!
 //! Only Palisade's own chains are touched: declaring them in the script creates or flushes
 //! them, and jumps from the built-in chains that a previous run left are deleted in the same
 //! transaction before being added again. So applying twice gives the same table, a failed
 //! apply changes nothing, and rules other tools put in the nat table survive.
 
-use super::{OutboundInclude, PROXY_PORTS, Settings};
+use super::{Cidr, Family, OutboundInclude, PROXY_PORTS, Settings};
 
 /// Inbound TCP: decides what goes to the proxy's inbound port (from PREROUTING).
 pub const INBOUND_CHAIN: &str = "PALISADE_INBOUND";
@@ -25,8 +26,22 @@ pub const OWN_CHAINS: [&str; 4] = [
 /// Prefix of every chain Palisade owns.
 pub const CHAIN_PREFIX: &str = "PALISADE_";
 
-/// The rules proper (no chain declarations, no clean-up), one `iptables` rule per line.
-pub fn rules(s: &Settings) -> Vec<String> {
+/// The loopback range of a family: traffic to it stays local.
+fn loopback(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    }
+}
+
+/// The ranges of `family` in `cidrs` (the other family's go to the other script).
+fn of_family(cidrs: &[Cidr], family: Family) -> impl Iterator<Item = &Cidr> {
+    cidrs.iter().filter(move |c| c.family() == family)
+}
+
+/// The rules proper for one family (no chain declarations, no clean-up), one `iptables` /
+/// `ip6tables` rule per line.
+pub fn rules(s: &Settings, family: Family) -> Vec<String> {
     let mut r = vec![
         format!(
             "-A {INBOUND_REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
@@ -63,11 +78,14 @@ pub fn rules(s: &Settings) -> Vec<String> {
         s.proxy_gid
     ));
     r.push(format!("-A {OUTPUT_CHAIN} -o lo -j RETURN"));
-    r.push(format!("-A {OUTPUT_CHAIN} -d 127.0.0.0/8 -j RETURN"));
+    r.push(format!(
+        "-A {OUTPUT_CHAIN} -d {} -j RETURN",
+        loopback(family)
+    ));
     for port in &s.exclude_outbound_ports {
         r.push(format!("-A {OUTPUT_CHAIN} -p tcp --dport {port} -j RETURN"));
     }
-    for cidr in &s.exclude_outbound_cidrs {
+    for cidr in of_family(&s.exclude_outbound_cidrs, family) {
         r.push(format!("-A {OUTPUT_CHAIN} -d {cidr} -j RETURN"));
     }
     match &s.include_outbound {
@@ -75,7 +93,7 @@ pub fn rules(s: &Settings) -> Vec<String> {
             "-A {OUTPUT_CHAIN} -p tcp -j {OUTBOUND_REDIRECT_CHAIN}"
         )),
         OutboundInclude::Ranges(ranges) => {
-            for cidr in ranges {
+            for cidr in of_family(ranges, family) {
                 r.push(format!(
                     "-A {OUTPUT_CHAIN} -p tcp -d {cidr} -j {OUTBOUND_REDIRECT_CHAIN}"
                 ));
@@ -123,8 +141,8 @@ fn existing_chains(current: &str) -> Vec<String> {
         .collect()
 }
 
-/// The script that installs the rule set, given what the nat table holds now.
-pub fn apply_script(s: &Settings, current: &str) -> String {
+/// The script that installs one family's rule set, given what its nat table holds now.
+pub fn apply_script(s: &Settings, family: Family, current: &str) -> String {
     let mut out = String::from("*nat\n");
     for chain in OWN_CHAINS {
         // With --noflush, declaring a chain creates it or empties it.
@@ -134,7 +152,7 @@ pub fn apply_script(s: &Settings, current: &str) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    for line in rules(s).into_iter().chain(jumps()) {
+    for line in rules(s, family).into_iter().chain(jumps()) {
         out.push_str(&line);
         out.push('\n');
     }
@@ -142,7 +160,8 @@ pub fn apply_script(s: &Settings, current: &str) -> String {
     out
 }
 
-/// The script that removes everything Palisade installed, or `None` when nothing is there.
+/// The script that removes everything Palisade installed in one nat table (either family: the
+/// chain names are the same), or `None` when nothing is there.
 pub fn cleanup_script(current: &str) -> Option<String> {
     let jumps = stale_jumps(current);
     let chains = existing_chains(current);
@@ -204,7 +223,7 @@ mod tests {
 -A PALISADE_OUTPUT -o lo -j RETURN
 -A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN
 -A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT";
-        assert_eq!(rules(&Settings::default()).join("\n"), expected);
+        assert_eq!(rules(&Settings::default(), Family::V4).join("\n"), expected);
     }
 
     #[test]
@@ -216,7 +235,7 @@ mod tests {
             exclude_outbound_cidrs: parse_cidrs("10.96.0.1").unwrap(),
             ..Settings::default()
         };
-        let r = rules(&s);
+        let r = rules(&s, Family::V4);
         let has = |l: &str| assert!(r.iter().any(|x| x == l), "{l} missing from {r:#?}");
         has("-A PALISADE_INBOUND -p tcp --dport 22 -j RETURN");
         has("-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN");
@@ -240,7 +259,7 @@ mod tests {
             ..Settings::default()
         };
         assert!(
-            !rules(&s)
+            !rules(&s, Family::V4)
                 .iter()
                 .any(|l| l.ends_with("-j PALISADE_REDIRECT"))
         );
@@ -248,7 +267,7 @@ mod tests {
 
     #[test]
     fn first_apply_only_adds() {
-        let script = apply_script(&Settings::default(), EMPTY);
+        let script = apply_script(&Settings::default(), Family::V4, EMPTY);
         assert!(script.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"));
         assert!(script.ends_with("-A OUTPUT -p tcp -j PALISADE_OUTPUT\nCOMMIT\n"));
         assert!(!script.contains("-D "));
@@ -256,7 +275,7 @@ mod tests {
 
     #[test]
     fn reapply_replaces_the_jumps_in_the_same_transaction() {
-        let script = apply_script(&Settings::default(), &applied());
+        let script = apply_script(&Settings::default(), Family::V4, &applied());
         let lines: Vec<&str> = script.lines().collect();
         let del = lines
             .iter()
@@ -283,5 +302,80 @@ mod tests {
             -X PALISADE_INBOUND\n-X PALISADE_IN_REDIRECT\n-X PALISADE_OUTPUT\n-X PALISADE_REDIRECT\n\
             COMMIT\n";
         assert_eq!(script, expected);
+    }
+
+    #[test]
+    fn default_ipv6_rule_set_differs_only_in_loopback() {
+        let v4 = rules(&Settings::default(), Family::V4);
+        let v6 = rules(&Settings::default(), Family::V6);
+        let expected: Vec<String> = v4
+            .iter()
+            .map(|l| l.replace("-d 127.0.0.0/8", "-d ::1/128"))
+            .collect();
+        assert_eq!(v6, expected);
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -d ::1/128 -j RETURN".to_string()));
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN".to_string()));
+    }
+
+    #[test]
+    fn mixed_ranges_go_to_their_own_family() {
+        let s = Settings {
+            include_outbound: OutboundInclude::Ranges(
+                parse_cidrs("10.96.0.0/12,fd00:10:96::/112").unwrap(),
+            ),
+            exclude_outbound_cidrs: parse_cidrs("169.254.169.254,fd00:ec2::254").unwrap(),
+            exclude_outbound_ports: parse_ports("5432").unwrap(),
+            ..Settings::default()
+        };
+        let v4 = rules(&s, Family::V4).join("\n");
+        let v6 = rules(&s, Family::V6).join("\n");
+        assert!(v4.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN"));
+        assert!(v4.contains("-A PALISADE_OUTPUT -p tcp -d 10.96.0.0/12 -j PALISADE_REDIRECT"));
+        assert!(!v4.contains("fd00"), "{v4}");
+        assert!(v6.contains("-A PALISADE_OUTPUT -d fd00:ec2::254/128 -j RETURN"));
+        assert!(v6.contains("-A PALISADE_OUTPUT -p tcp -d fd00:10:96::/112 -j PALISADE_REDIRECT"));
+        assert!(v6.contains("-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN"));
+        assert!(!v6.contains("169.254") && !v6.contains("10.96") && !v6.contains("127.0.0"));
+        // Neither family captures everything when ranges are listed.
+        for r in [&v4, &v6] {
+            assert!(
+                !r.contains("-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT"),
+                "{r}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv4_only_include_list_captures_no_ipv6_outbound() {
+        let s = Settings {
+            include_outbound: OutboundInclude::Ranges(parse_cidrs("10.0.0.0/8").unwrap()),
+            ..Settings::default()
+        };
+        assert!(
+            !rules(&s, Family::V6)
+                .iter()
+                .any(|l| l.ends_with("-j PALISADE_REDIRECT"))
+        );
+    }
+
+    #[test]
+    fn star_captures_everything_in_both_families() {
+        for family in [Family::V4, Family::V6] {
+            let r = rules(&Settings::default(), family);
+            assert_eq!(
+                r.last().map(String::as_str),
+                Some("-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT"),
+                "{family:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ipv6_apply_script_has_the_same_shape() {
+        let v6 = apply_script(&Settings::default(), Family::V6, EMPTY);
+        let v4 = apply_script(&Settings::default(), Family::V4, EMPTY);
+        assert_eq!(v6, v4.replace("-d 127.0.0.0/8", "-d ::1/128"));
+        assert!(v6.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"));
+        assert!(v6.ends_with("-A OUTPUT -p tcp -j PALISADE_OUTPUT\nCOMMIT\n"));
     }
 }

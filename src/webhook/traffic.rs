@@ -9,9 +9,9 @@ use crate::init::{self, ListError, OutboundInclude};
 pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.palisade.dev/excludeInboundPorts";
 /// Outbound destination ports the proxy must not capture.
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.palisade.dev/excludeOutboundPorts";
-/// Outbound destinations captured: `*` or IPv4 CIDRs.
+/// Outbound destinations captured: `*` or IPv4/IPv6 CIDRs (mixed lists allowed).
 pub const INCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.palisade.dev/includeOutboundIPRanges";
-/// Outbound destinations not captured: IPv4 CIDRs.
+/// Outbound destinations not captured: IPv4/IPv6 CIDRs (mixed lists allowed).
 pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.palisade.dev/excludeOutboundIPRanges";
 
 /// An annotation with a value `palisade init` would refuse.
@@ -159,5 +159,43 @@ mod tests {
             assert_eq!(e.annotation, key);
             assert!(e.to_string().starts_with(&format!("annotation {key}: ")));
         }
+    }
+
+    #[test]
+    fn mixed_family_ranges_become_flags() {
+        let a = annotations(&[
+            (INCLUDE_OUTBOUND_IP_RANGES, "fd00:10:96::/112, 10.96.0.0/12"),
+            (EXCLUDE_OUTBOUND_IP_RANGES, "169.254.169.254,fd00:ec2::254"),
+        ]);
+        let args = Traffic::from_annotations(Some(&a)).unwrap().init_args();
+        assert_eq!(
+            args[5..],
+            [
+                "--include-outbound-ip-ranges",
+                "10.96.0.0/12,fd00:10:96::/112",
+                "--exclude-outbound-ip-ranges",
+                "169.254.169.254/32,fd00:ec2::254/128"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_ipv6_values_and_long_lists_are_denied() {
+        let e = Traffic::from_annotations(Some(&annotations(&[(
+            EXCLUDE_OUTBOUND_IP_RANGES,
+            "10.0.0.0/8,fd00::/129",
+        )])))
+        .unwrap_err();
+        assert_eq!(e.error, ListError::Cidr("fd00::/129".into()));
+        assert!(e.to_string().contains("\"fd00::/129\""), "{e}");
+        let many = (0..=init::MAX_LIST_ENTRIES)
+            .map(|i| format!("fd00:{i:x}::/32"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let e =
+            Traffic::from_annotations(Some(&annotations(&[(INCLUDE_OUTBOUND_IP_RANGES, &many)])))
+                .unwrap_err();
+        assert_eq!(e.annotation, INCLUDE_OUTBOUND_IP_RANGES);
+        assert_eq!(e.error, ListError::TooMany);
     }
 }

@@ -1,14 +1,17 @@
 //! `palisade init` for real: two network namespaces joined by a veth pair (a "pod" at
-//! 10.77.0.1 and a "peer" at 10.77.0.2), the rules applied by the real binary inside the pod
-//! namespace, and real TCP connections checked against where they arrive and with which
-//! original destination (SO_ORIGINAL_DST).
+//! 10.77.0.1 / fd00:50::1 and a "peer" at 10.77.0.2 / fd00:50::2), the rules applied by the
+//! real binary inside the pod namespace, and real TCP connections over both IPv4 and IPv6
+//! checked against where they arrive and with which original destination (SO_ORIGINAL_DST,
+//! IP6T_SO_ORIGINAL_DST).
 //!
-//! Needs root and iptables. Without them the test fails with a message saying what is
+//! Needs root, iptables and ip6tables. Without them the test fails with a message saying what is
 //! missing, unless `PALISADE_SKIP_NETNS=1` is set, in which case it prints a loud SKIPPED line.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{
+    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
+};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,6 +21,8 @@ use crate::support;
 
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const POD_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+const PEER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// Why the test cannot run here, if it cannot.
@@ -35,6 +40,8 @@ fn missing_prerequisite() -> Option<String> {
     for (tool, arg) in [
         ("iptables-restore", "--version"),
         ("iptables-save", "--version"),
+        ("ip6tables-restore", "--version"),
+        ("ip6tables-save", "--version"),
         ("ip", "-V"),
         ("setpriv", "--version"),
     ] {
@@ -90,7 +97,10 @@ impl Topology {
         run(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
         run(&["ip", "link", "set", &a, "netns", &t.pod]);
         run(&["ip", "link", "set", &b, "netns", &t.peer]);
-        for (ns, dev, ip) in [(&t.pod, &a, POD_IP), (&t.peer, &b, PEER_IP)] {
+        for (ns, dev, ip, ip6) in [
+            (&t.pod, &a, POD_IP, POD_IP6),
+            (&t.peer, &b, PEER_IP, PEER_IP6),
+        ] {
             run(&[
                 "ip",
                 "-n",
@@ -100,6 +110,19 @@ impl Topology {
                 &format!("{ip}/24"),
                 "dev",
                 dev,
+            ]);
+            // `nodad`: usable at once, no duplicate-address detection to wait for.
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/64"),
+                "dev",
+                dev,
+                "nodad",
             ]);
             run(&["ip", "-n", ns, "link", "set", dev, "up"]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
@@ -128,22 +151,23 @@ impl Topology {
         run_output(&cmd)
     }
 
-    /// The pod's nat table without comments and counters.
+    /// The pod's IPv4 nat table without comments and counters.
     fn nat(&self) -> String {
-        run_output(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.pod,
-            "iptables-save",
-            "-t",
-            "nat",
-        ])
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| l.split(" [").next().unwrap_or(l).to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+        self.nat_of("iptables-save")
+    }
+
+    /// The pod's IPv6 nat table without comments and counters.
+    fn nat6(&self) -> String {
+        self.nat_of("ip6tables-save")
+    }
+
+    fn nat_of(&self, save: &str) -> String {
+        run_output(&["ip", "netns", "exec", &self.pod, save, "-t", "nat"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -173,9 +197,26 @@ fn listen(ns: &str, port: u16) -> TcpListener {
     l
 }
 
-fn connect(ns: &str, to: SocketAddrV4) -> TcpStream {
+/// An IPv6-only listener on `[::]:port` (so it can share the port with the IPv4 one).
+fn listen6(ns: &str, port: u16) -> TcpListener {
+    let l = in_netns(ns, move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+            .expect("IPv6 socket");
+        s.set_only_v6(true).expect("IPV6_V6ONLY");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())
+            .expect("bind [::] in netns");
+        s.listen(16).expect("listen");
+        TcpListener::from(s)
+    });
+    l.set_nonblocking(true).unwrap();
+    l
+}
+
+fn connect(ns: &str, to: impl Into<SocketAddr>) -> TcpStream {
+    let to = to.into();
     in_netns(ns, move || {
-        TcpStream::connect_timeout(&SocketAddr::V4(to), DEADLINE).expect("connect")
+        TcpStream::connect_timeout(&to, DEADLINE).expect("connect")
     })
 }
 
@@ -205,6 +246,30 @@ fn original_dst(s: &TcpStream) -> SocketAddrV4 {
     *addr.as_socket_ipv4().as_ref().expect("an IPv4 address")
 }
 
+fn original_dst6(s: &TcpStream) -> SocketAddrV6 {
+    let addr = socket2::SockRef::from(s)
+        .original_dst_v6()
+        .expect("IP6T_SO_ORIGINAL_DST");
+    *addr.as_socket_ipv6().as_ref().expect("an IPv6 address")
+}
+
+/// Runs `bash -c script` in the pod namespace as the proxy's uid and gid.
+fn as_proxy(t: &Topology, script: &str) {
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.pod,
+        "setpriv",
+        "--reuid=1337",
+        "--regid=1337",
+        "--clear-groups",
+        "bash",
+        "-c",
+        script,
+    ]);
+}
+
 #[test]
 fn init_rules_redirect_in_a_network_namespace() {
     if let Some(why) = missing_prerequisite() {
@@ -223,12 +288,22 @@ fn init_rules_redirect_in_a_network_namespace() {
     }
     let t = Topology::new();
     let before = t.nat();
-    t.init(&["--exclude-inbound-ports", "9091"]);
+    let before6 = t.nat6();
+    // `--ipv6 on`: fail rather than silently skip IPv6 if the namespace cannot take it.
+    t.init(&["--ipv6", "on", "--exclude-inbound-ports", "9091"]);
     let applied = t.nat();
+    let applied6 = t.nat6();
     assert!(applied.contains("-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
-    // Idempotent: a second run (a restarted init container) leaves the same table.
-    t.init(&["--exclude-inbound-ports", "9091"]);
+    assert!(applied6.contains("-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
+    assert!(
+        applied6.contains("-A PALISADE_OUTPUT -d ::1/128 -j RETURN"),
+        "{applied6}"
+    );
+    assert!(applied6.contains("--dport 9091 -j RETURN"), "{applied6}");
+    // Idempotent: a second run (a restarted init container) leaves the same tables.
+    t.init(&["--ipv6", "on", "--exclude-inbound-ports", "9091"]);
     assert_eq!(t.nat(), applied);
+    assert_eq!(t.nat6(), applied6);
     // Re-running with other settings replaces the rules rather than adding to them.
     t.init(&["--exclude-inbound-ports", "9092"]);
     let changed = t.nat();
@@ -240,12 +315,21 @@ fn init_rules_redirect_in_a_network_namespace() {
     );
     t.init(&["--exclude-inbound-ports", "9091"]);
     assert_eq!(t.nat(), applied);
+    assert_eq!(
+        t.nat6(),
+        applied6,
+        "--ipv6 auto writes the same IPv6 rules here"
+    );
 
     let outbound = listen(&t.pod, 15001);
     let inbound = listen(&t.pod, 15006);
     let app = listen(&t.pod, 8080);
     let excluded = listen(&t.pod, 9091);
     let peer = listen(&t.peer, 9090);
+    let outbound6 = listen6(&t.pod, 15001);
+    let inbound6 = listen6(&t.pod, 15006);
+    let app6 = listen6(&t.pod, 8080);
+    let peer6 = listen6(&t.peer, 9090);
 
     // The app dials a peer: the connection lands on the proxy's outbound port and the
     // original destination is the peer's address.
@@ -258,20 +342,10 @@ fn init_rules_redirect_in_a_network_namespace() {
     );
 
     // The proxy (uid 1337) dials the same peer: not redirected.
-    let dial = format!("exec 3<>/dev/tcp/{PEER_IP}/9090 && echo from-proxy >&3");
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &t.pod,
-        "setpriv",
-        "--reuid=1337",
-        "--regid=1337",
-        "--clear-groups",
-        "bash",
-        "-c",
-        &dial,
-    ]);
+    as_proxy(
+        &t,
+        &format!("exec 3<>/dev/tcp/{PEER_IP}/9090 && echo from-proxy >&3"),
+    );
     let mut direct = accept(&peer).expect("uid 1337 connection reached the peer directly");
     direct.set_nonblocking(false).unwrap();
     let mut text = String::new();
@@ -297,10 +371,52 @@ fn init_rules_redirect_in_a_network_namespace() {
     assert!(accept(&excluded).is_some(), "excluded port was captured");
     assert!(nothing_waiting(&inbound));
 
-    // Clean-up restores the table and direct delivery.
+    // IPv6: the app dials the peer, the connection lands on the proxy's outbound port with
+    // the peer's IPv6 address as the original destination.
+    let _app_client6 = connect(&t.pod, SocketAddrV6::new(PEER_IP6, 9090, 0, 0));
+    let got = accept(&outbound6).expect("outbound IPv6 connection redirected to 15001");
+    assert_eq!(original_dst6(&got), SocketAddrV6::new(PEER_IP6, 9090, 0, 0));
+    assert!(
+        nothing_waiting(&peer6),
+        "app IPv6 traffic reached the peer directly"
+    );
+    assert!(nothing_waiting(&outbound), "IPv6 traffic arrived as IPv4");
+
+    // IPv6: the proxy (uid 1337) dials the peer: not redirected.
+    as_proxy(
+        &t,
+        &format!("exec 3<>/dev/tcp/{PEER_IP6}/9090 && echo from-proxy-v6 >&3"),
+    );
+    let mut direct = accept(&peer6).expect("uid 1337 IPv6 connection reached the peer directly");
+    direct.set_nonblocking(false).unwrap();
+    let mut text = String::new();
+    direct.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "from-proxy-v6\n");
+    assert!(
+        nothing_waiting(&outbound6),
+        "uid 1337 IPv6 traffic was redirected"
+    );
+
+    // IPv6: a peer dials the app: the connection lands on the proxy's inbound port.
+    let _peer_client6 = connect(&t.peer, SocketAddrV6::new(POD_IP6, 8080, 0, 0));
+    let got = accept(&inbound6).expect("inbound IPv6 connection redirected to 15006");
+    assert_eq!(original_dst6(&got), SocketAddrV6::new(POD_IP6, 8080, 0, 0));
+    assert!(
+        nothing_waiting(&app6),
+        "inbound IPv6 traffic reached the app directly"
+    );
+
+    // Clean-up restores both tables and direct delivery.
     t.init(&["--cleanup"]);
     assert_eq!(t.nat(), before);
     assert!(!t.nat().contains("PALISADE"));
+    assert_eq!(t.nat6(), before6);
+    assert!(!t.nat6().contains("PALISADE"));
+    let _c = connect(&t.peer, SocketAddrV6::new(POD_IP6, 8080, 0, 0));
+    assert!(
+        accept(&app6).is_some(),
+        "after clean-up the app is reached directly over IPv6"
+    );
     let _c = connect(&t.peer, SocketAddrV4::new(POD_IP, 8080));
     assert!(
         accept(&app).is_some(),
@@ -308,6 +424,55 @@ fn init_rules_redirect_in_a_network_namespace() {
     );
     // Clean-up twice is fine too.
     t.init(&["--cleanup"]);
+
+    // The IPv6 step fails after the IPv4 one succeeded: the error says which half is in
+    // place, and a retry converges to the full rule set.
+    let dir = std::env::temp_dir().join(format!("palisade-fail6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fail6 = dir.join("ip6tables-restore");
+    std::fs::write(
+        &fail6,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\ncat >/dev/null\n\
+         echo 'simulated ip6tables-restore failure' >&2\nexit 1\n",
+    )
+    .unwrap();
+    run(&["chmod", "755", fail6.to_str().unwrap()]);
+    let bin = support::palisade_bin();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.pod])
+        .arg(&bin)
+        .args([
+            "init",
+            "--exclude-inbound-ports",
+            "9091",
+            "--ip6tables-restore",
+        ])
+        .arg(&fail6)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("IPv4 rules are installed but installing the IPv6 rules failed")
+            && stderr.contains("simulated ip6tables-restore failure"),
+        "{stderr}"
+    );
+    assert_eq!(t.nat(), applied);
+    assert_eq!(t.nat6(), before6);
+    t.init(&["--exclude-inbound-ports", "9091"]);
+    assert_eq!(t.nat(), applied);
+    assert_eq!(t.nat6(), applied6);
+    t.init(&["--cleanup"]);
+    assert_eq!(t.nat(), before);
+    assert_eq!(t.nat6(), before6);
+
+    // `--ipv6 off` writes the IPv4 rules only.
+    t.init(&["--ipv6", "off"]);
+    assert!(t.nat().contains("PALISADE_OUTPUT"));
+    assert_eq!(t.nat6(), before6);
+    t.init(&["--cleanup"]);
+    assert_eq!(t.nat(), before);
 }
 
 #[test]
@@ -316,15 +481,42 @@ fn init_dry_run_prints_the_script_without_root() {
         "init",
         "--dry-run",
         "--exclude-outbound-ip-ranges",
-        "169.254.169.254",
+        "169.254.169.254,fd00:ec2::254",
     ]);
     assert!(ok, "{stderr}");
+    // One script per family, each under a comment header that iptables-restore skips.
+    let (v4, v6) = stdout
+        .split_once("# ip6tables-restore\n")
+        .unwrap_or_else(|| panic!("no IPv6 script: {stdout}"));
     assert!(
-        stdout.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        v4.starts_with("# iptables-restore\n*nat\n:PALISADE_INBOUND - [0:0]\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
-    assert!(stdout.ends_with("COMMIT\n"));
+    assert!(v4.contains("-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN\n"));
+    assert!(v4.contains("-A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN\n"));
+    assert!(v4.ends_with("COMMIT\n") && !v4.contains("fd00"));
+    assert!(
+        v6.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n"),
+        "{stdout}"
+    );
+    assert!(v6.contains("-A PALISADE_OUTPUT -d fd00:ec2::254/128 -j RETURN\n"));
+    assert!(v6.contains("-A PALISADE_OUTPUT -d ::1/128 -j RETURN\n"));
+    assert!(v6.ends_with("COMMIT\n") && !v6.contains("169.254"));
+    // --ipv6 off prints the IPv4 script alone.
+    let (ok, stdout, stderr) = support::palisade(&["init", "--dry-run", "--ipv6", "off"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("# iptables-restore\n") && !stdout.contains("ip6tables"));
+    let (ok, _, stderr) = support::palisade(&[
+        "init",
+        "--dry-run",
+        "--include-outbound-ip-ranges",
+        "fd00::/129",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--include-outbound-ip-ranges") && stderr.contains("fd00::/129"),
+        "{stderr}"
+    );
     let (ok, _, stderr) =
         support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
     assert!(!ok);
