@@ -238,7 +238,7 @@ fn main() {
             &server::ALPN,
         )
         .expect("TLS config");
-        let (listener, addr) = server::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        let (listener, addr) = palisade::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), "webhook listener")
             .await
             .expect("bind");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

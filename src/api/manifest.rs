@@ -235,12 +235,11 @@ impl Manifests {
         }
         match classify(&api_version, &kind) {
             DocKind::PeerAuthentication => {
-                let policy = self.policy_from(&doc, location, &invalid)?;
+                let policy = self.policy_from(&doc, &invalid)?;
                 self.peer_authentications.push(policy);
             }
             DocKind::DestinationRule => {
-                let policy: Policy<DestinationRuleSpec> =
-                    self.policy_from(&doc, location, &invalid)?;
+                let policy: Policy<DestinationRuleSpec> = self.policy_from(&doc, &invalid)?;
                 if policy.spec.host.is_empty() {
                     return Err(invalid(
                         "spec.host",
@@ -295,7 +294,6 @@ impl Manifests {
     fn policy_from<S: DeserializeOwned>(
         &mut self,
         doc: &Value,
-        _location: &Location,
         invalid: &dyn Fn(&str, String) -> ManifestError,
     ) -> Result<Policy<S>, ManifestError> {
         let name = doc
@@ -353,16 +351,17 @@ fn typed<T: DeserializeOwned>(
             (false, false) => format!("{prefix}.{path}"),
         }
     };
-    let parsed: T = serde_path_to_error::deserialize(value.clone())
-        .map_err(|e| (join(e.path().to_string()), e.inner().to_string()))?;
-    if strict {
-        let mut unknown = Vec::new();
-        let _: Result<T, _> = serde_ignored::deserialize(value.clone(), |path| {
-            unknown.push(path.to_string());
-        });
-        if let Some(first) = unknown.first() {
-            return Err((join(first.clone()), "unknown field".to_string()));
-        }
+    // One pass: serde_path_to_error tracks where a failure happened, serde_ignored collects
+    // the fields the type does not know.
+    let mut track = serde_path_to_error::Track::new();
+    let mut unknown = Vec::new();
+    let parsed = T::deserialize(serde_ignored::Deserializer::new(
+        serde_path_to_error::Deserializer::new(value, &mut track),
+        &mut |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+    ))
+    .map_err(|e| (join(track.path().to_string()), e.to_string()))?;
+    if strict && let Some(first) = unknown.first() {
+        return Err((join(first.clone()), "unknown field".to_string()));
     }
     Ok(parsed)
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Mutex;
 
 use super::{AuthError, Authenticator, Identity, check_token_size, unverified_jwt_exp};
@@ -18,6 +19,14 @@ pub fn sha256(token: &str) -> TokenHash {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
+}
+
+/// What [`TokenCache::lookup`] found.
+pub enum Lookup {
+    /// A cached identity.
+    Hit(Identity),
+    /// Not cached: the token's hash, to cache the result under.
+    Miss(TokenHash),
 }
 
 /// Bounded map from token hash to identity with per-entry expiry.
@@ -46,6 +55,20 @@ impl TokenCache {
                 (left > 0).then(|| self.ttl.min(Duration::from_secs(left as u64)))
             }
         }
+    }
+
+    /// The first step of every caching authenticator: bound the token's size, hash it and
+    /// look it up, counting a hit in `hits`.
+    pub async fn lookup(&self, token: &str, hits: &Counter) -> Result<Lookup, AuthError> {
+        check_token_size(token)?;
+        let key = sha256(token);
+        Ok(match self.get(&key).await {
+            Some(id) => {
+                hits.inc();
+                Lookup::Hit(id)
+            }
+            None => Lookup::Miss(key),
+        })
     }
 
     pub async fn get(&self, key: &TokenHash) -> Option<Identity> {
@@ -98,12 +121,10 @@ impl<A> CachingAuthenticator<A> {
 #[async_trait::async_trait]
 impl<A: Authenticator> Authenticator for CachingAuthenticator<A> {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        check_token_size(token)?;
-        let key = sha256(token);
-        if let Some(id) = self.cache.get(&key).await {
-            self.metrics.cache_hits.inc();
-            return Ok(id);
-        }
+        let key = match self.cache.lookup(token, &self.metrics.cache_hits).await? {
+            Lookup::Hit(id) => return Ok(id),
+            Lookup::Miss(key) => key,
+        };
         let id = self.inner.authenticate(token).await?;
         self.cache.put(key, token, id.clone()).await;
         Ok(id)

@@ -14,8 +14,8 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use tokio::sync::{Mutex, OnceCell, Semaphore};
 
-use super::cache::{TokenCache, TokenHash, sha256};
-use super::{AuthError, Authenticator, Identity, check_token_size};
+use super::cache::{Lookup, TokenCache, TokenHash};
+use super::{AuthError, Authenticator, Identity};
 use crate::metrics::AuthMetrics;
 
 /// Tuning of the TokenReview authenticator.
@@ -129,12 +129,10 @@ impl TokenReviewAuthenticator {
 #[async_trait::async_trait]
 impl Authenticator for TokenReviewAuthenticator {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        check_token_size(token)?;
-        let key = sha256(token);
-        if let Some(id) = self.cache.get(&key).await {
-            self.metrics.cache_hits.inc();
-            return Ok(id);
-        }
+        let key = match self.cache.lookup(token, &self.metrics.cache_hits).await? {
+            Lookup::Hit(id) => return Ok(id),
+            Lookup::Miss(key) => key,
+        };
         let shared: Shared = self.in_flight.lock().await.entry(key).or_default().clone();
         let result = shared.get_or_init(|| self.review(token)).await.clone();
         // Cache before leaving the in-flight map, so a caller arriving in between finds one

@@ -2,6 +2,7 @@
 //! caching, single-flight and load shedding.
 
 use super::*;
+use crate::auth::cache::sha256;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};

@@ -1,7 +1,7 @@
 //! `palisade policy explain`: offline "what-if" over manifests — which policy applies to a
 //! workload or a destination, and why.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::api::manifest::Manifests;
 use crate::api::{ClientTlsSettings, MtlsMode};
+use crate::policy::host::service_fqdn;
 use crate::policy::{
     Client, Diagnostic, InboundDecision, MeshConfig, MeshInput, OutboundDecision, PolicyEngine,
 };
@@ -133,7 +134,6 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 struct Loaded {
     engine: PolicyEngine,
     notes: Vec<String>,
-    services: BTreeSet<(String, String)>,
 }
 
 fn load(common: &Common) -> anyhow::Result<Loaded> {
@@ -161,15 +161,9 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
         services: manifests.services,
         inventory_complete: false,
     };
-    let services = input
-        .services
-        .iter()
-        .map(|s| (s.name.clone(), s.namespace.clone()))
-        .collect();
     Ok(Loaded {
         engine: PolicyEngine::new(input),
         notes,
-        services,
     })
 }
 
@@ -179,13 +173,14 @@ fn dialed_host(loaded: &Loaded, host: &str) -> String {
     let suffix = &loaded.engine.config().domain_suffix;
     let parts: Vec<&str> = host.split('.').collect();
     match parts.as_slice() {
-        [name, ns, "svc"] => format!("{name}.{ns}.svc.{suffix}"),
-        [name, ns]
-            if loaded
-                .services
-                .contains(&(name.to_string(), ns.to_string())) =>
-        {
-            format!("{name}.{ns}.svc.{suffix}")
+        [name, ns, "svc"] => service_fqdn(name, ns, suffix),
+        [name, ns] => {
+            let fqdn = service_fqdn(name, ns, suffix);
+            if loaded.engine.has_service(&fqdn) {
+                fqdn
+            } else {
+                host.to_string()
+            }
         }
         _ => host.to_string(),
     }

@@ -62,25 +62,35 @@ impl Iptables {
     /// `Ok` when both front-ends can be started; otherwise why not.
     pub fn available(&self) -> Result<(), ApplyError> {
         for bin in [&self.save, &self.restore] {
-            let command = format!("{bin} --version");
-            let out = Command::new(bin)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output()
-                .map_err(|source| ApplyError::Spawn {
-                    command: command.clone(),
-                    source,
-                })?;
-            if !out.status.success() {
-                return Err(ApplyError::Failed {
-                    command,
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
+            run(bin, &["--version"], None)?;
         }
         Ok(())
+    }
+
+    /// The current nat table, as `iptables-save -t nat` (or `ip6tables-save`) prints it.
+    pub fn current_nat(&self) -> Result<String, ApplyError> {
+        run(&self.save, &["-t", "nat"], None)
+    }
+
+    /// Feeds `script` to `iptables-restore --noflush --wait`.
+    pub fn restore(&self, script: &str) -> Result<(), ApplyError> {
+        run(&self.restore, &["--noflush", "--wait"], Some(script)).map(drop)
+    }
+
+    /// Installs this family's rule set (idempotent: re-running replaces it).
+    pub fn apply(&self, settings: &Settings) -> Result<String, ApplyError> {
+        let script = rules::apply_script(settings, self.family, &self.current_nat()?);
+        self.restore(&script)?;
+        Ok(script)
+    }
+
+    /// Removes every Palisade chain and jump; returns the script run, if any was needed.
+    pub fn cleanup(&self) -> Result<Option<String>, ApplyError> {
+        let script = rules::cleanup_script(&self.current_nat()?);
+        if let Some(script) = &script {
+            self.restore(script)?;
+        }
+        Ok(script)
     }
 }
 
@@ -99,68 +109,35 @@ pub fn ipv6_enabled() -> Result<(), String> {
     }
 }
 
-impl Iptables {
-    /// The current nat table, as `iptables-save -t nat` (or `ip6tables-save`) prints it.
-    pub fn current_nat(&self) -> Result<String, ApplyError> {
-        let command = format!("{} -t nat", self.save);
-        let out = Command::new(&self.save)
-            .args(["-t", "nat"])
-            .output()
-            .map_err(|source| ApplyError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(ApplyError::Failed {
-                command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Runs `bin args`, feeding `stdin` when given; its stdout on success, otherwise an error that
+/// names the command and carries its stderr.
+fn run(bin: &str, args: &[&str], stdin: Option<&str>) -> Result<String, ApplyError> {
+    let command = format!("{bin} {}", args.join(" "));
+    let spawn = |source| ApplyError::Spawn {
+        command: command.clone(),
+        source,
+    };
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn)?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes()).map_err(spawn)?;
     }
-
-    /// Feeds `script` to `iptables-restore --noflush --wait`.
-    pub fn restore(&self, script: &str) -> Result<(), ApplyError> {
-        let command = format!("{} --noflush --wait", self.restore);
-        let spawn = |source| ApplyError::Spawn {
-            command: command.clone(),
-            source,
-        };
-        let mut child = Command::new(&self.restore)
-            .args(["--noflush", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).map_err(spawn)?;
-        }
-        let out = child.wait_with_output().map_err(spawn)?;
-        if !out.status.success() {
-            return Err(ApplyError::Failed {
-                command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+    let out = child.wait_with_output().map_err(spawn)?;
+    if !out.status.success() {
+        return Err(ApplyError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
-
-    /// Installs this family's rule set (idempotent: re-running replaces it).
-    pub fn apply(&self, settings: &Settings) -> Result<String, ApplyError> {
-        let script = rules::apply_script(settings, self.family, &self.current_nat()?);
-        self.restore(&script)?;
-        Ok(script)
-    }
-
-    /// Removes every Palisade chain and jump; returns the script run, if any was needed.
-    pub fn cleanup(&self) -> Result<Option<String>, ApplyError> {
-        let script = rules::cleanup_script(&self.current_nat()?);
-        if let Some(script) = &script {
-            self.restore(script)?;
-        }
-        Ok(script)
-    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

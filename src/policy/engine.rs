@@ -157,6 +157,11 @@ impl PolicyEngine {
         &self.diagnostics
     }
 
+    /// True when a Service with this fully qualified name is in the input.
+    pub fn has_service(&self, fqdn: &str) -> bool {
+        self.service_by_fqdn.contains_key(fqdn)
+    }
+
     /// Expands a host as written in a rule of `namespace`: without a dot it becomes
     /// `<host>.<namespace>.svc.<domain_suffix>`; otherwise (and wildcards) it is literal.
     pub fn expand_host(&self, host: &str, namespace: &str) -> String {

@@ -159,14 +159,20 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Io {
-            what,
-            path: addr.to_string(),
-            source,
-        })
+/// Binds `addr` (`what` names the listener in errors) and returns the listener with its actual
+/// address (the port chosen when `addr` asks for port 0).
+pub async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let io = |source| ServerError::Io {
+        what,
+        path: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(io)?;
+    let local = listener.local_addr().map_err(io)?;
+    Ok((listener, local))
 }
 
 /// Writes a public file atomically (temp file + rename), so readers never see half of it.
@@ -316,14 +322,7 @@ pub async fn start_with_client(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let grpc_listener = bind(config.grpc_addr, "gRPC listener").await?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServerError::Io {
-            what: "gRPC listener",
-            path: config.grpc_addr.to_string(),
-            source,
-        })?;
+    let (grpc_listener, grpc_addr) = bind(config.grpc_addr, "gRPC listener").await?;
     let incoming =
         tokio_stream::wrappers::ReceiverStream::new(tls::incoming(grpc_listener, Arc::new(tls)));
     let service = CaService::new(authority.clone(), authenticator).into_server();
@@ -339,14 +338,7 @@ pub async fn start_with_client(
         .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
     let grpc = tokio::spawn(async move { grpc.await.map_err(|e| format!("gRPC server: {e}")) });
 
-    let monitor_listener = bind(config.monitor_addr, "monitor listener").await?;
-    let monitor_addr = monitor_listener
-        .local_addr()
-        .map_err(|source| ServerError::Io {
-            what: "monitor listener",
-            path: config.monitor_addr.to_string(),
-            source,
-        })?;
+    let (monitor_listener, monitor_addr) = bind(config.monitor_addr, "monitor listener").await?;
     let ready = Arc::new(AtomicBool::new(false));
     let router = monitor::router(metrics.clone(), ready.clone());
     let monitor_stop = stopped(shutdown_rx.clone());

@@ -227,13 +227,6 @@ pub fn serve_bounded(
     })
 }
 
-/// Binds the webhook listener (reporting the address on failure).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
-}
-
 /// Binds `addr` and serves the injection routes with the serving certificate `resolver`
 /// hands out per handshake. Returns the bound address and the server task.
 pub async fn start(
@@ -242,13 +235,7 @@ pub async fn start(
     injector: Injector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, JoinHandle<Result<(), String>>), crate::server::ServerError> {
-    let (listener, local) = bind(addr)
-        .await
-        .map_err(|source| crate::server::ServerError::Io {
-            what: "webhook listener",
-            path: addr.to_string(),
-            source,
-        })?;
+    let (listener, local) = crate::server::bind(addr, "webhook listener").await?;
     // No client certificates: the API server authenticates us, not the other way round.
     let tls_config = tls::server_config(resolver, None, &ALPN)?;
     let task = serve(

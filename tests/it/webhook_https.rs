@@ -388,7 +388,7 @@ mod reload {
             namespaces: Arc::new(StaticNamespaces::default()),
             metrics: Default::default(),
         };
-        let (listener, addr) = palisade::webhook::server::bind(support::loopback())
+        let (listener, addr) = palisade::server::bind(support::loopback(), "webhook listener")
             .await
             .unwrap();
         let router = palisade::webhook::server::router(Arc::new(injector));
