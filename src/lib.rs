@@ -18,3 +18,22 @@ pub mod policy;
 pub mod server;
 pub mod webhook;
 pub mod xds;
+
+/// An error and its causes on one line, `a: b: c`. Errors often include their cause in their
+/// own message already (`{path}: {source}`), and a transport's top-level error says little;
+/// a cause already said is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&message);
+        }
+        next = cause.source();
+    }
+    text
+}

@@ -96,7 +96,7 @@ impl CaClient {
             .map_err(|e| fail(e.to_string()))?
             .connect()
             .await
-            .map_err(|e| fail(error_chain(&e)))?;
+            .map_err(|e| fail(crate::error_chain(&e)))?;
         Ok(CaClient {
             inner: IstioCertificateServiceClient::new(channel),
         })
@@ -160,16 +160,4 @@ impl CaClient {
             chain_pem: chain,
         })
     }
-}
-
-/// The error and its causes on one line: tonic's top-level transport error says little.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

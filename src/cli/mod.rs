@@ -53,7 +53,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -68,4 +68,23 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error_chain;
+
+    #[test]
+    fn causes_already_in_a_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(crate::api::manifest::ManifestError::Io {
+            path: "/x.yaml".into(),
+            source: io,
+        })
+        .context("reading manifests");
+        assert_eq!(
+            error_chain(err.as_ref()),
+            "reading manifests: /x.yaml: no such file"
+        );
+    }
 }
