@@ -14,6 +14,8 @@ use crate::ca::client::{CaClient, KeyAlgorithm};
 
 /// Largest token accepted from a file or stdin (a projected token is about 1 KiB).
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+/// Largest trust bundle accepted (a bundle of a few roots is a few KiB).
+const MAX_ROOT_BYTES: u64 = 1024 * 1024;
 
 /// Request a workload certificate from a Palisade (or Istio-compatible) CA.
 #[derive(Debug, clap::Args)]
@@ -55,7 +57,7 @@ pub enum KeyType {
 /// Runs the request and prints the identity, serial and expiry of what was issued.
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::server::install_crypto_provider();
-    let root_pem = std::fs::read_to_string(&args.ca_root)
+    let root_pem = read_bounded(&args.ca_root, MAX_ROOT_BYTES, "CA root file")
         .with_context(|| format!("reading {}", args.ca_root.display()))?;
     let token = read_token(&args.token_file)?;
     let server_name = match &args.server_name {
@@ -110,7 +112,8 @@ fn host_of(addr: &str) -> &str {
     }
 }
 
-fn read_token(path: &Path) -> anyhow::Result<String> {
+/// Reads at most `max` bytes of `path` (`-`: stdin); more is an error naming `what`.
+fn read_bounded(path: &Path, max: u64, what: &str) -> anyhow::Result<String> {
     let mut text = String::new();
     let source: Box<dyn std::io::Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
@@ -118,13 +121,19 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
         Box::new(std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?)
     };
     source
-        .take(MAX_TOKEN_BYTES + 1)
+        .take(max + 1)
         .read_to_string(&mut text)
-        .context("reading the token")?;
-    if text.len() as u64 > MAX_TOKEN_BYTES {
-        bail!("the token is larger than {MAX_TOKEN_BYTES} bytes");
+        .with_context(|| format!("reading the {what}"))?;
+    if text.len() as u64 > max {
+        bail!("the {what} is larger than {max} bytes");
     }
-    let token = text.trim().to_string();
+    Ok(text)
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = read_bounded(path, MAX_TOKEN_BYTES, "token")?
+        .trim()
+        .to_string();
     if token.is_empty() {
         bail!("the token file is empty");
     }
@@ -176,5 +185,8 @@ mod tests {
         assert!(read_token(&path).is_err());
         std::fs::write(&path, vec![b'a'; (MAX_TOKEN_BYTES + 1) as usize]).expect("write");
         assert!(read_token(&path).is_err());
+        std::fs::write(&path, vec![b'a'; (MAX_ROOT_BYTES + 1) as usize]).expect("write");
+        let err = read_bounded(&path, MAX_ROOT_BYTES, "CA root file").expect_err("too large");
+        assert!(err.to_string().contains("CA root file is larger"), "{err}");
     }
 }
