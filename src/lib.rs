@@ -37,3 +37,14 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Reads UTF-8 text from `reader`, at most `max` bytes: `Ok(None)` when there is more, so every
+/// file or stream read from outside has a bound without each caller re-counting bytes.
+pub fn read_text_limited(reader: impl std::io::Read, max: u64) -> std::io::Result<Option<String>> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    let read = reader
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)?;
+    Ok((read as u64 <= max).then_some(text))
+}

@@ -7,7 +7,6 @@
 //! without `metadata.creationTimestamp` count as created in input order (earlier = older).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -501,18 +500,12 @@ fn read_bounded(path: &Path) -> Result<String, ManifestError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(io)?;
-    let mut text = String::new();
-    let read = file
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    if read as u64 > MAX_FILE_BYTES {
-        return Err(ManifestError::TooLarge {
+    crate::read_text_limited(file, MAX_FILE_BYTES)
+        .map_err(io)?
+        .ok_or_else(|| ManifestError::TooLarge {
             path: path.to_path_buf(),
             limit: MAX_FILE_BYTES,
-        });
-    }
-    Ok(text)
+        })
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! would. For checking a CA by hand (does this token get a certificate, and with which identity?)
 //! and for scripts.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -114,20 +113,15 @@ fn host_of(addr: &str) -> &str {
 
 /// Reads at most `max` bytes of `path` (`-`: stdin); more is an error naming `what`.
 fn read_bounded(path: &Path, max: u64, what: &str) -> anyhow::Result<String> {
-    let mut text = String::new();
     let source: Box<dyn std::io::Read> = if path == Path::new("-") {
         Box::new(std::io::stdin())
     } else {
         Box::new(std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?)
     };
-    source
-        .take(max + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading the {what}"))?;
-    if text.len() as u64 > max {
-        bail!("the {what} is larger than {max} bytes");
+    match crate::read_text_limited(source, max).with_context(|| format!("reading the {what}"))? {
+        Some(text) => Ok(text),
+        None => bail!("the {what} is larger than {max} bytes"),
     }
-    Ok(text)
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {

@@ -107,11 +107,10 @@ impl InjectionConfig {
             path: shown.clone(),
             source,
         };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_CONFIG_BYTES {
+        let file = std::fs::File::open(path).map_err(io)?;
+        let Some(text) = crate::read_text_limited(file, MAX_CONFIG_BYTES).map_err(io)? else {
             return Err(ConfigError::TooLarge { path: shown });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
+        };
         Self::from_yaml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: shown,
