@@ -1,7 +1,10 @@
 //! Compiles `proto/` with protox (pure Rust), so building needs no `protoc` binary.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/istio/v1/auth/ca.proto"];
+    let protos = [
+        "proto/istio/v1/auth/ca.proto",
+        "proto/palisade/v1/mesh.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -232,13 +232,13 @@ fn main() {
                 r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"x","allowed":true}}"#
             }),
         );
-        let tls = palisade::server::tls::server_config(
+        let tls = palisade::net::tls::server_config(
             Arc::new(ServingResolver::new(cert_rx)),
             None,
             &server::ALPN,
         )
         .expect("TLS config");
-        let (listener, addr) = palisade::server::bind(SocketAddr::from(([127, 0, 0, 1], 0)), "webhook listener")
+        let (listener, addr) = palisade::net::bind(SocketAddr::from(([127, 0, 0, 1], 0)), "webhook listener")
             .await
             .expect("bind");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod controller;
 pub mod init;
 pub mod metrics;
+pub mod net;
 pub mod policy;
 pub mod server;
 pub mod webhook;

@@ -21,8 +21,8 @@ pub struct ServingSpec {
 }
 
 impl ServingSpec {
-    /// DNS names of the Service `service` in `namespace`; `standalone` adds localhost and
-    /// 127.0.0.1 so local clients can verify it.
+    /// DNS names of the Service `service` in `namespace`; `standalone` adds localhost,
+    /// 127.0.0.1 and ::1 so local clients can verify it.
     pub fn for_service(service: &str, namespace: &str, standalone: bool) -> Self {
         let mut dns_names = vec![
             service.to_string(),
@@ -34,12 +34,26 @@ impl ServingSpec {
         if standalone {
             dns_names.push("localhost".into());
             ips.push(IpAddr::from([127, 0, 0, 1]));
+            ips.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
         }
         Self {
             dns_names,
             ips,
             ttl: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+
+    /// Also covers the addresses the control plane listens on, so a client in another network
+    /// namespace can dial `10.x.y.z:15012` and verify the certificate. Wildcard addresses
+    /// (`0.0.0.0`, `::`) name no address and are skipped.
+    pub fn with_listen_addresses(mut self, addrs: &[std::net::SocketAddr]) -> Self {
+        for addr in addrs {
+            let ip = addr.ip();
+            if !ip.is_unspecified() && !self.ips.contains(&ip) {
+                self.ips.push(ip);
+            }
+        }
+        self
     }
 }
 
@@ -165,7 +179,27 @@ mod tests {
                 .contains(&"palisade.palisade-system.svc".to_string())
         );
         assert!(spec.dns_names.contains(&"localhost".to_string()));
-        assert_eq!(spec.ips, vec![IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(
+            spec.ips,
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+            ]
+        );
+        let listening = spec.clone().with_listen_addresses(&[
+            "10.44.0.1:15012".parse().unwrap(),
+            "0.0.0.0:15017".parse().unwrap(),
+            "[::]:15014".parse().unwrap(),
+            "127.0.0.1:15012".parse().unwrap(),
+        ]);
+        assert_eq!(
+            listening.ips,
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                IpAddr::from([10, 44, 0, 1])
+            ]
+        );
         let in_cluster = ServingSpec::for_service("palisade", "palisade-system", false);
         assert!(!in_cluster.dns_names.contains(&"localhost".to_string()));
     }

@@ -3,6 +3,7 @@
 //! root-cert ConfigMaps and the CA Secret) runs only on the replica that holds the
 //! [`leader`] Lease.
 
+pub mod inventory;
 pub mod leader;
 
 /// Field manager recorded on the controller's writes.

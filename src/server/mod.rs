@@ -3,7 +3,6 @@
 //! wrapper around [`start`].
 
 pub mod monitor;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,6 +23,7 @@ use crate::ca::{
     Authority, BootstrapError, DirStore, IssuancePolicy, KeyStore, TrustBundle, plugin,
 };
 use crate::metrics::Metrics;
+use crate::net::{bind, tls};
 use crate::xds::CaService;
 
 /// File in the state directory holding the trust bundle clients need (standalone mode).
@@ -85,6 +84,10 @@ pub enum ServerError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Bind(#[from] crate::net::BindError),
+    #[error(transparent)]
+    Webhook(#[from] crate::webhook::server::StartError),
     #[error("server task: {0}")]
     Task(String),
 }
@@ -157,22 +160,6 @@ impl Running {
 /// rustls' implicit selection panics when it cannot pick one.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// Binds `addr` (`what` names the listener in errors) and returns the listener with its actual
-/// address (the port chosen when `addr` asks for port 0).
-pub async fn bind(
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<(TcpListener, SocketAddr), ServerError> {
-    let io = |source| ServerError::Io {
-        what,
-        path: addr.to_string(),
-        source,
-    };
-    let listener = TcpListener::bind(addr).await.map_err(io)?;
-    let local = listener.local_addr().map_err(io)?;
-    Ok((listener, local))
 }
 
 /// Writes a public file atomically (temp file + rename), so readers never see half of it.
@@ -307,7 +294,10 @@ pub async fn start_with_client(
     }
 
     let standalone = config.state_dir.is_some();
-    let spec = ServingSpec::for_service(&config.service_name, &config.namespace, standalone);
+    let mut spec = ServingSpec::for_service(&config.service_name, &config.namespace, standalone);
+    if standalone {
+        spec = spec.with_listen_addresses(&[config.grpc_addr, config.webhook_addr]);
+    }
     let (serving_rx, serving_task) = serving::start(authority.clone(), spec)?;
     background.push(serving_task);
     let webhook_resolver = Arc::new(ServingResolver::new(serving_rx.clone()));

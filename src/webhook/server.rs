@@ -31,7 +31,7 @@ use super::inject::{self, Decision};
 use super::metrics::WebhookMetrics;
 use super::namespaces::NamespaceLabels;
 use super::review::{self, Target};
-use crate::server::tls;
+use crate::net::tls;
 
 /// Largest AdmissionReview accepted (a pod with large annotations is well under 1 MiB; the
 /// API server caps objects at 1.5 MiB and the review carries one object on CREATE).
@@ -227,6 +227,15 @@ pub fn serve_bounded(
     })
 }
 
+/// Why the webhook server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] crate::net::BindError),
+    #[error("webhook TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 /// Binds `addr` and serves the injection routes with the serving certificate `resolver`
 /// hands out per handshake. Returns the bound address and the server task.
 pub async fn start(
@@ -234,8 +243,8 @@ pub async fn start(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
     injector: Injector,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, JoinHandle<Result<(), String>>), crate::server::ServerError> {
-    let (listener, local) = crate::server::bind(addr, "webhook listener").await?;
+) -> Result<(SocketAddr, JoinHandle<Result<(), String>>), StartError> {
+    let (listener, local) = crate::net::bind(addr, "webhook listener").await?;
     // No client certificates: the API server authenticates us, not the other way round.
     let tls_config = tls::server_config(resolver, None, &ALPN)?;
     let task = serve(

@@ -1,6 +1,8 @@
-//! gRPC services of the control plane (tonic). For now: the Istio-compatible CA service.
+//! gRPC services of the control plane (tonic): the Istio-compatible CA service, SDS, and policy
+//! distribution over ADS.
 
 pub mod ca_service;
+pub mod views;
 
 /// Messages and service stubs generated from `proto/` at build time (protox, no protoc).
 pub mod proto {
@@ -8,6 +10,13 @@ pub mod proto {
     #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
     pub mod istio_v1_auth {
         tonic::include_proto!("istio.v1.auth");
+    }
+
+    /// `palisade.v1`: the policy-distribution resources carried over ADS (see
+    /// `proto/palisade/v1/mesh.proto` for the contract a proxy implements).
+    #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+    pub mod palisade_v1 {
+        tonic::include_proto!("palisade.v1");
     }
 }
 

@@ -396,13 +396,13 @@ async fn serving_certificate_hot_reload() {
     };
     let (rx, renewal) = serving::start(authority, spec).unwrap();
     let config =
-        palisade::server::tls::server_config(Arc::new(ServingResolver::new(rx)), None, &[b"h2"])
+        palisade::net::tls::server_config(Arc::new(ServingResolver::new(rx)), None, &[b"h2"])
             .unwrap();
     let listener = tokio::net::TcpListener::bind(support::loopback())
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut incoming = palisade::server::tls::incoming(listener, Arc::new(config));
+    let mut incoming = palisade::net::tls::incoming(listener, Arc::new(config));
     tokio::spawn(async move { while incoming.recv().await.is_some() {} });
 
     let mut roots = rustls::RootCertStore::empty();

@@ -377,7 +377,7 @@ mod reload {
         let spec = ServingSpec::for_service("palisade", "palisade-system", true);
         let cert = serving::issue(&authority, &spec).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(cert.key);
-        let tls = palisade::server::tls::server_config(
+        let tls = palisade::net::tls::server_config(
             Arc::new(ServingResolver::new(rx)),
             None,
             &palisade::webhook::server::ALPN,
@@ -388,7 +388,7 @@ mod reload {
             namespaces: Arc::new(StaticNamespaces::default()),
             metrics: Default::default(),
         };
-        let (listener, addr) = palisade::server::bind(support::loopback(), "webhook listener")
+        let (listener, addr) = palisade::net::bind(support::loopback(), "webhook listener")
             .await
             .unwrap();
         let router = palisade::webhook::server::router(Arc::new(injector));

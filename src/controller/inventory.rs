@@ -1,0 +1,161 @@
+//! The control plane's picture of the mesh: what a source (the Kubernetes watchers, or the
+//! standalone config directory) publishes and what every consumer (status and ConfigMap
+//! reconcilers, SDS/ADS) reads. Plain data, no I/O.
+//!
+//! A source publishes a new [`Inventory`] snapshot through a `tokio::sync::watch` channel
+//! whenever something changed (see [`Source`]). Snapshots are immutable and cheap to clone:
+//! every record sits behind an `Arc`, so a new snapshot shares the unchanged records of the
+//! previous one and consumers compare records with `Arc::ptr_eq` before comparing values.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::api::{DestinationRuleSpec, PeerAuthenticationSpec, PolicyStatus};
+use crate::policy::{MeshConfig, MeshInput, NamespaceInfo, Policy, ServiceInfo, Workload};
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// A key from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A pod, reduced to what policy and distribution need (no container specs beyond ports, no
+/// managed fields, no annotations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRecord {
+    /// Namespace, name, labels, service account and container ports, as the engine takes them.
+    pub workload: Workload,
+    /// `status.podIPs` (or `status.podIP`); empty until the pod has an address.
+    pub ips: Vec<IpAddr>,
+    /// False once the pod is terminating or finished (`deletionTimestamp` set, phase
+    /// `Succeeded`/`Failed`): such a pod is no endpoint and no proxy may claim it.
+    pub active: bool,
+}
+
+impl PodRecord {
+    /// The pod's `namespace/name`.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey::new(&self.workload.namespace, &self.workload.name)
+    }
+}
+
+/// A Service: what the engine takes plus its cluster IPs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceRecord {
+    /// Namespace, name, selector, ports.
+    pub info: ServiceInfo,
+    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for headless services.
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+/// One address behind a Service (from EndpointSlices in a cluster; standalone, one per pod
+/// address the Service's selector matches, as the EndpointSlice controller would write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointRecord {
+    /// The address.
+    pub ip: IpAddr,
+    /// The pod behind it, when the endpoint names one (`targetRef`).
+    pub pod: Option<ObjectKey>,
+    /// Ready to receive traffic (`conditions.ready`, absent = ready).
+    pub ready: bool,
+    /// Port name (as in the Service's ports; `None` for an unnamed port) to the target port
+    /// number on this endpoint.
+    pub ports: Vec<(Option<String>, u16)>,
+}
+
+/// A policy object with what the status reconciler needs besides the spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyRecord<S> {
+    /// Metadata and spec, as the engine takes them.
+    pub policy: Policy<S>,
+    /// `metadata.generation` (`None` standalone).
+    pub generation: Option<i64>,
+    /// The status the object carries now (`None` when it has none, and standalone).
+    pub status: Option<PolicyStatus>,
+}
+
+/// One consistent snapshot of the mesh.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    /// Namespaces and their labels.
+    pub namespaces: BTreeMap<String, Arc<NamespaceInfo>>,
+    /// Pods by `namespace/name`.
+    pub pods: BTreeMap<ObjectKey, Arc<PodRecord>>,
+    /// Services by `namespace/name`.
+    pub services: BTreeMap<ObjectKey, Arc<ServiceRecord>>,
+    /// Endpoints by Service `namespace/name`.
+    pub endpoints: BTreeMap<ObjectKey, Arc<Vec<EndpointRecord>>>,
+    /// PeerAuthentications by `namespace/name`.
+    pub peer_authentications: BTreeMap<ObjectKey, Arc<PolicyRecord<PeerAuthenticationSpec>>>,
+    /// DestinationRules by `namespace/name`.
+    pub destination_rules: BTreeMap<ObjectKey, Arc<PolicyRecord<DestinationRuleSpec>>>,
+}
+
+impl Inventory {
+    /// The engine's input for this snapshot: every active pod as a workload, every Service,
+    /// every policy (in `namespace/name` order; age comes from their creation timestamps, or
+    /// from their `seq` when they have none), `inventory_complete` set.
+    pub fn mesh_input(&self, config: &MeshConfig) -> MeshInput {
+        MeshInput {
+            config: config.clone(),
+            namespaces: self.namespaces.values().map(|n| (**n).clone()).collect(),
+            peer_authentications: self
+                .peer_authentications
+                .values()
+                .map(|r| r.policy.clone())
+                .collect(),
+            destination_rules: self
+                .destination_rules
+                .values()
+                .map(|r| r.policy.clone())
+                .collect(),
+            workloads: self
+                .pods
+                .values()
+                .filter(|p| p.active)
+                .map(|p| p.workload.clone())
+                .collect(),
+            services: self.services.values().map(|s| s.info.clone()).collect(),
+            inventory_complete: true,
+        }
+    }
+
+    /// The active pod that holds `ip`, if any.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodRecord>> {
+        self.pods.values().find(|p| p.active && p.ips.contains(&ip))
+    }
+}
+
+/// Where the inventory comes from: the Kubernetes watchers or the standalone directory. Both
+/// adapters publish through a watch channel; consumers never know which one runs.
+pub trait Source: Send + Sync {
+    /// The latest snapshot, and every later one. The first value is an empty inventory until
+    /// the source has synced (see [`Source::synced`]).
+    fn subscribe(&self) -> watch::Receiver<Arc<Inventory>>;
+
+    /// Becomes `true` once every watcher (or the first read of the directory) has completed,
+    /// and stays `true`. `/readyz` waits for it.
+    fn synced(&self) -> watch::Receiver<bool>;
+}
