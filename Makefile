@@ -38,11 +38,12 @@ chart-check: tools-chart
 	@scripts/chart-check.sh
 
 ## image: the container image (Dockerfile), tagged $(IMAGE). Needs a running Docker daemon.
-IMAGE ?= ghcr.io/palisade-dev/palisade:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= ghcr.io/palisade-dev/palisade:$(VERSION)
 image:
 	@command -v docker >/dev/null || { echo "image: Docker is needed to build the image (docker not found on PATH)"; exit 1; }
 	@docker info >/dev/null 2>&1 || { echo "image: Docker is needed to build the image, but no Docker daemon answers (is it running, and may this user use it?)"; exit 1; }
-	docker build --pull -t $(IMAGE) .
+	docker build --pull --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 ## crypto-check: aws-lc-rs is the only crypto provider: neither ring nor OpenSSL is built for
 ## any target (Cargo.lock may still list ring as an optional dependency that is never enabled).
