@@ -95,6 +95,10 @@ EOF
 }
 render default palisade-system
 render custom mesh-ctl -f "$CHART/ci/custom-values.yaml"
+# The assertions can fail: the custom rendering does not pass as the default one.
+if python3 scripts/chart_assert.py default mesh-ctl "$out/custom.yaml" 2>/dev/null >&2; then
+    fail "scripts/chart_assert.py accepts the custom rendering as the default one"
+fi
 
 # 5. The schema refuses what would break at run time or silently do something else.
 refused=0

@@ -312,6 +312,12 @@ def check_mesh_policy(objects, ns, want):
         check(pa["spec"].get("mtls", {}).get("mode") == want["mesh_pa"], "mesh-wide mode")
 
 
+def report(case):
+    for failure in failures:
+        print(f"chart-check [{case}]: FAIL {failure}", file=sys.stderr)
+    sys.exit(1)
+
+
 def main():
     if len(sys.argv) != 4 or sys.argv[1] not in CASES:
         sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(CASES)}}} NAMESPACE RENDERED.yaml")
@@ -329,6 +335,8 @@ def main():
         + (["PeerAuthentication/default"] if want["mesh_pa"] else []))
     check(kinds == expected, f"rendered {kinds}, expected {expected}")
     check(not any(o["kind"] == "Secret" for o in objects), "the chart renders a Secret")
+    if failures:  # the checks below look inside these objects
+        report(case)
     check_namespaces(objects, ns)
     check_rbac(objects, ns)
     check_webhook(objects, ns, want)
@@ -336,9 +344,7 @@ def main():
     check_injection(objects, ns, want)
     check_mesh_policy(objects, ns, want)
     if failures:
-        for failure in failures:
-            print(f"chart-check [{case}]: FAIL {failure}", file=sys.stderr)
-        sys.exit(1)
+        report(case)
     print(f"chart-check [{case}]: {len(objects)} objects in {ns}: all assertions hold")
 
 

