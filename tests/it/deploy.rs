@@ -45,7 +45,15 @@ fn webhook_configuration_matches_the_server() {
         assert_eq!(service["port"], 15017);
         assert_eq!(service["namespace"], "palisade-system");
         assert_eq!(webhook["failurePolicy"], "Fail");
-        assert!(webhook["timeoutSeconds"].as_i64().unwrap_or(30) < 10);
+        // The API server gives up after `timeoutSeconds` (failurePolicy Fail): the webhook's
+        // own deadline must not be longer, or a slow lookup's clear denial is never seen.
+        let api_timeout = webhook["timeoutSeconds"].as_u64().unwrap_or(10);
+        assert!(api_timeout < 10, "{api_timeout}");
+        assert!(
+            palisade::webhook::server::REQUEST_TIMEOUT.as_secs() <= api_timeout,
+            "webhook deadline {:?} beyond the API server's {api_timeout}s",
+            palisade::webhook::server::REQUEST_TIMEOUT
+        );
         let ops = &webhook["rules"][0]["operations"];
         assert_eq!(ops, &Value::from(vec!["CREATE"]));
     }
