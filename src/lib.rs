@@ -49,3 +49,24 @@ pub fn read_text_limited(reader: impl std::io::Read, max: u64) -> std::io::Resul
         .read_to_string(&mut text)?;
     Ok((read as u64 <= max).then_some(text))
 }
+
+/// Lower-case hexadecimal of `bytes` (serial numbers, random name suffixes): the one hex
+/// encoder of the crate.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(text, "{b:02x}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(super::hex(&[]), "");
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}

@@ -1,16 +1,18 @@
 //! Standalone-mode tokens: compact JWS with ES256 only (the algorithm is pinned: the header
 //! must say ES256, so `none` / HMAC confusion is impossible), signed by a P-256 key kept in the
 //! state directory. `palisade token` issues them; [`LocalJwtAuthenticator`] verifies them.
+//!
+//! The JWS itself (encoding, the algorithm pin, the signature, `iss`, `aud` and the presence of
+//! every claim) is `jsonwebtoken` with its aws-lc-rs backend. `exp` and `nbf` are checked here
+//! against the caller's clock: `jsonwebtoken` reads the system clock inside `decode` (there is
+//! no way to pass the time), which would leave expiry untestable at a chosen instant.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _,
-    UnparsedPublicKey,
-};
-use base64::Engine as _;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::{AuthError, Authenticator, Identity, check_token_size};
@@ -23,11 +25,9 @@ pub const ISSUER: &str = "palisade-standalone";
 /// File name of the signing key in the state directory.
 pub const KEY_FILE: &str = "token-signing-key.pem";
 /// The one accepted algorithm.
-const ALG: &str = "ES256";
+const ALG: Algorithm = Algorithm::ES256;
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: i64 = 30;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Why the token key could not be used or a token not made.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,6 @@ pub enum JwtError {
     Key { path: PathBuf, msg: String },
     #[error("signing a token failed")]
     Sign,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    typ: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,7 +57,10 @@ struct Claims {
 
 /// The standalone token-signing key (ECDSA P-256, PKCS#8 PEM, 0600 in the state directory).
 pub struct LocalJwtKey {
+    /// Checked to be a P-256 key when loaded; its public half verifies.
     key: EcdsaKeyPair,
+    /// The same key, as `jsonwebtoken` signs with it (PKCS#8 DER).
+    encoding: EncodingKey,
 }
 
 impl LocalJwtKey {
@@ -94,7 +90,8 @@ impl LocalJwtKey {
         let key =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_pkcs8_der())
                 .map_err(|e| err(format!("not a P-256 PKCS#8 key: {e}")))?;
-        Ok(Self { key })
+        let encoding = EncodingKey::from_ec_der(der.secret_pkcs8_der());
+        Ok(Self { key, encoding })
     }
 
     /// Issues a token for `identity`, valid for `ttl` from `now`, for `audience`.
@@ -106,10 +103,6 @@ impl LocalJwtKey {
         now: SystemTime,
     ) -> Result<String, JwtError> {
         let now = unix_secs(now);
-        let header = Header {
-            alg: ALG.into(),
-            typ: Some("JWT".into()),
-        };
         let claims = Claims {
             iss: ISSUER.into(),
             sub: identity.username(),
@@ -118,34 +111,40 @@ impl LocalJwtKey {
             nbf: now,
             iat: now,
         };
-        let signing_input = format!("{}.{}", b64_json(&header), b64_json(&claims));
-        let sig = self
-            .key
-            .sign(&SystemRandom::new(), signing_input.as_bytes())
-            .map_err(|_| JwtError::Sign)?;
-        Ok(format!("{signing_input}.{}", B64.encode(sig.as_ref())))
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(ALG), &claims, &self.encoding)
+            .map_err(|_| JwtError::Sign)
     }
 
     /// An authenticator accepting this key's tokens for `audiences`.
     pub fn authenticator(&self, audiences: Vec<String>) -> LocalJwtAuthenticator {
+        let mut validation = Validation::new(ALG);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&audiences);
+        validation.set_required_spec_claims(&["iss", "sub", "aud", "exp", "nbf"]);
+        // Checked in `verify` against the caller's clock (see the module comment).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         LocalJwtAuthenticator {
-            public_key: self.key.public_key().as_ref().to_vec(),
-            audiences,
+            public_key: DecodingKey::from_ec_der(self.key.public_key().as_ref()),
+            validation,
         }
     }
 }
 
-/// base64url(JSON) of a token part; serializing these plain structs cannot fail.
-fn b64_json<T: Serialize>(value: &T) -> String {
-    B64.encode(serde_json::to_vec(value).unwrap_or_default())
-}
-
 /// Verifies standalone tokens: ES256 signature by the state-dir key, `iss`, `aud` (one of the
 /// configured audiences), `exp` and `nbf` (30 s leeway), and a ServiceAccount `sub`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LocalJwtAuthenticator {
-    public_key: Vec<u8>,
-    audiences: Vec<String>,
+    public_key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for LocalJwtAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalJwtAuthenticator")
+            .field("audiences", &self.validation.aud)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LocalJwtAuthenticator {
@@ -153,45 +152,29 @@ impl LocalJwtAuthenticator {
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Identity, AuthError> {
         let bad = |m: &str| AuthError::Unauthenticated(format!("local token: {m}"));
         check_token_size(token)?;
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("not a compact JWS"));
-        };
-        let header: Header = B64
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| bad("malformed header"))?;
-        if header.alg != ALG {
-            return Err(bad(&format!("algorithm {:?} is not {ALG}", header.alg)));
+        // The header first, to say why a token with another algorithm is refused (jsonwebtoken
+        // does not parse an `alg` it does not know, such as `none`).
+        match jsonwebtoken::decode_header(token) {
+            Ok(header) if header.alg == ALG => {}
+            Ok(header) => return Err(bad(&format!("algorithm {:?} is not ES256", header.alg))),
+            Err(_) => return Err(bad("malformed header, or an algorithm other than ES256")),
         }
-        let sig = B64.decode(s).map_err(|_| bad("malformed signature"))?;
-        let signing_input = &token[..h.len() + 1 + p.len()];
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_key)
-            .verify(signing_input.as_bytes(), &sig)
-            .map_err(|_| bad("signature does not verify"))?;
-        let claims: Claims = B64
-            .decode(p)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| bad("malformed claims"))?;
-        if claims.iss != ISSUER {
-            return Err(bad("wrong issuer"));
-        }
-        let auds = match &claims.aud {
-            Audience::One(a) => std::slice::from_ref(a),
-            Audience::Many(v) => v.as_slice(),
-        };
-        if !auds.iter().any(|a| self.audiences.contains(a)) {
-            return Err(bad("wrong audience"));
-        }
+        use jsonwebtoken::errors::ErrorKind;
+        let claims = jsonwebtoken::decode::<Claims>(token, &self.public_key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => bad("signature does not verify"),
+                ErrorKind::InvalidAlgorithm => bad("algorithm is not ES256"),
+                ErrorKind::InvalidIssuer => bad("wrong issuer"),
+                ErrorKind::InvalidAudience => bad("wrong audience"),
+                ErrorKind::MissingRequiredClaim(claim) => bad(&format!("no {claim} claim")),
+                _ => bad("malformed token"),
+            })?
+            .claims;
         let now = unix_secs(now);
-        if now >= claims.exp + LEEWAY_SECS {
+        if now >= claims.exp.saturating_add(LEEWAY_SECS) {
             return Err(bad("expired"));
         }
-        if now + LEEWAY_SECS < claims.nbf {
+        if now.saturating_add(LEEWAY_SECS) < claims.nbf {
             return Err(bad("not yet valid"));
         }
         Identity::from_username(&claims.sub).map_err(|e| bad(&e.to_string()))

@@ -1,4 +1,9 @@
+use base64::Engine as _;
+
 use super::*;
+
+/// How a JWS part is encoded, for forging tokens by hand.
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 fn setup() -> (tempfile::TempDir, LocalJwtKey, LocalJwtAuthenticator) {
     let dir = tempfile::tempdir().unwrap();

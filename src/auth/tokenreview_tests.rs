@@ -62,9 +62,17 @@ async fn serve_one(handle: &mut Handle, token: &str, code: StatusCode, body: Val
     );
 }
 
-async fn no_more_requests(handle: &mut Handle) {
-    let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
-    assert!(next.is_err(), "unexpected extra request");
+/// Proves that no further request reached the API server, by an explicit signal rather than
+/// a wait: dropping the authenticator drops the last client of the mock, which ends its stream
+/// once everything sent before is taken. The deadline only turns a hang into a failure.
+async fn no_more_requests(handle: &mut Handle, auth: Arc<TokenReviewAuthenticator>) {
+    drop(auth);
+    let next = tokio::time::timeout(Duration::from_secs(60), handle.next_request())
+        .await
+        .expect("the authenticator was dropped, so the mock's stream ends");
+    if let Some((req, _)) = next {
+        panic!("unexpected extra request: {} {}", req.method(), req.uri());
+    }
 }
 
 #[tokio::test]
@@ -78,7 +86,7 @@ async fn authenticated_service_account_then_cache_hit() {
             authenticated("system:serviceaccount:default:web"),
         )
         .await;
-        no_more_requests(&mut handle).await;
+        handle
     });
     let want = Identity::new("default", "web").unwrap();
     assert_eq!(auth.authenticate("tok-1").await.unwrap(), want);
@@ -87,7 +95,8 @@ async fn authenticated_service_account_then_cache_hit() {
         want,
         "second call from the cache"
     );
-    server.await.unwrap();
+    let mut handle = server.await.unwrap();
+    no_more_requests(&mut handle, auth).await;
     assert_eq!(metrics.cache_hits.get(), 1);
 }
 
@@ -190,8 +199,8 @@ async fn concurrent_identical_tokens_share_one_review() {
             Identity::new("ns", "sa").unwrap()
         );
     }
-    no_more_requests(&mut handle).await;
     assert!(auth.in_flight.lock().await.is_empty());
+    no_more_requests(&mut handle, auth).await;
 }
 
 #[tokio::test]
@@ -228,5 +237,5 @@ async fn oversize_and_empty_tokens_never_reach_the_api_server() {
         auth.authenticate(&huge).await,
         Err(AuthError::Unauthenticated(_))
     ));
-    no_more_requests(&mut handle).await;
+    no_more_requests(&mut handle, auth).await;
 }

@@ -177,10 +177,6 @@ pub fn random_serial() -> Result<SerialNumber, IssueError> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// True once `fraction` of the validity window has elapsed.
 pub fn needs_renewal(
     not_before: SystemTime,
@@ -337,7 +333,7 @@ impl SigningCa {
         ];
         params.use_authority_key_identifier_extension = true;
         let serial = random_serial()?;
-        let serial_hex = hex(serial.as_ref());
+        let serial_hex = crate::hex(serial.as_ref());
         params.serial_number = Some(serial);
         params.not_before = (now - BACKDATE).into();
         params.not_after = not_after.into();

@@ -136,7 +136,7 @@ fn unique_suffix() -> String {
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         return format!("{:?}", std::time::SystemTime::now());
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::hex(&b)
 }
 
 /// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.

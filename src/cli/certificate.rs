@@ -134,23 +134,38 @@ fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Writes `key.pem` and `cert-chain.pem` in `dir`. Each goes to a new temporary file in the
+/// same directory (created exclusively, the key's with mode 0600 from its first byte), is
+/// synced, then renamed over the old file: an existing `key.pem` of any mode, or a symlink in
+/// its place, is replaced rather than written through, and a reader never sees half a file.
 fn write_files(dir: &Path, key_pem: &str, chain_pem: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    replace_file(dir, "key.pem", key_pem.as_bytes(), 0o600)?;
+    replace_file(dir, "cert-chain.pem", chain_pem.as_bytes(), 0o644)
+}
+
+/// Atomically replaces `dir/name` with `data`, created with `mode` (see [`write_files`]).
+fn replace_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key_path = dir.join("key.pem");
-    let mut key = std::fs::OpenOptions::new()
+    let target = dir.join(name);
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", crate::hex(&random)));
+    let written = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_path)
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    key.write_all(key_pem.as_bytes())
-        .with_context(|| format!("writing {}", key_path.display()))?;
-    let chain_path = dir.join("cert-chain.pem");
-    std::fs::write(&chain_path, chain_pem)
-        .with_context(|| format!("writing {}", chain_path.display()))?;
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, &target));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", target.display()));
+    }
     Ok(())
 }
 
@@ -182,5 +197,58 @@ mod tests {
         std::fs::write(&path, vec![b'a'; (MAX_ROOT_BYTES + 1) as usize]).expect("write");
         let err = read_bounded(&path, MAX_ROOT_BYTES, "CA root file").expect_err("too large");
         assert!(err.to_string().contains("CA root file is larger"), "{err}");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::symlink_metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn an_existing_world_readable_key_ends_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&key, "old key").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        write_files(dir.path(), "new key", "chain").expect("writes");
+        assert_eq!(std::fs::read_to_string(&key).expect("read"), "new key");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cert-chain.pem")).expect("read"),
+            "chain"
+        );
+        // Nothing else is left behind (no temporary files).
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cert-chain.pem", "key.pem"]);
+    }
+
+    #[test]
+    fn a_symlinked_key_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "not a key").expect("write");
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, out.join("key.pem")).expect("symlink");
+        write_files(&out, "new key", "chain").expect("writes");
+        assert_eq!(
+            std::fs::read_to_string(&elsewhere).expect("read"),
+            "not a key"
+        );
+        assert!(
+            !std::fs::symlink_metadata(out.join("key.pem"))
+                .expect("exists")
+                .is_symlink()
+        );
+        assert_eq!(mode(&out.join("key.pem")), 0o600);
     }
 }

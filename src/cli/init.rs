@@ -4,13 +4,14 @@
 
 use anyhow::Context as _;
 
-use crate::init::apply::{self, Iptables};
+use crate::init::apply::{self, Iptables, Ipv6State};
 use crate::init::{self, Family, OutboundInclude, Settings};
 
 /// Whether IPv6 rules are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ipv6Mode {
-    /// When the namespace has IPv6 enabled and the ip6tables front-ends exist.
+    /// When the namespace has IPv6 enabled; then ip6tables must work or init fails (IPv4-only
+    /// capture would let IPv6 traffic bypass the proxy).
     Auto,
     /// Always; fail if IPv6 is disabled or ip6tables is missing.
     On,
@@ -63,8 +64,8 @@ pub struct Args {
     /// `ip6tables-restore` to run (e.g. ip6tables-legacy-restore).
     #[arg(long, default_value = "ip6tables-restore")]
     pub ip6tables_restore: String,
-    /// Write IPv6 rules: `auto` when the namespace has IPv6 and ip6tables exists, `on` always
-    /// (failing if it cannot), `off` never.
+    /// Write IPv6 rules: `auto` when the namespace has IPv6 (failing if ip6tables cannot write
+    /// them), `on` always (failing if it cannot), `off` never (IPv4-only capture, deliberately).
     #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto)]
     pub ipv6: Ipv6Mode,
 }
@@ -89,28 +90,42 @@ impl Args {
     }
 }
 
-/// Whether to write IPv6 rules here (`--ipv6 on` fails when it cannot).
-fn use_ipv6(mode: Ipv6Mode, v6: &Iptables) -> anyhow::Result<bool> {
-    match mode {
-        Ipv6Mode::Off => Ok(false),
-        Ipv6Mode::On => {
-            apply::ipv6_enabled().map_err(|why| anyhow::anyhow!("--ipv6 on: {why}"))?;
-            v6.available()
-                .context("--ipv6 on: ip6tables is not usable")?;
+/// Whether to write IPv6 rules, given the mode, what the namespace says about IPv6 and (asked
+/// only when it matters) whether ip6tables works. Fails closed: where IPv6 traffic can flow,
+/// `auto` either captures it or stops, because IPv4-only capture would let IPv6 traffic bypass
+/// the proxy (and mTLS STRICT) unseen. Only `--ipv6 off` chooses IPv4-only capture.
+fn decide_ipv6(
+    mode: Ipv6Mode,
+    state: &Ipv6State,
+    probe: impl FnOnce() -> Result<(), apply::ApplyError>,
+) -> anyhow::Result<bool> {
+    match (mode, state) {
+        (Ipv6Mode::Off, _) => Ok(false),
+        (Ipv6Mode::On, Ipv6State::Disabled(why) | Ipv6State::Unknown(why)) => {
+            anyhow::bail!("--ipv6 on: {why}")
+        }
+        (Ipv6Mode::Auto, Ipv6State::Disabled(_)) => Ok(false),
+        (Ipv6Mode::On, Ipv6State::Enabled) => {
+            probe().context("--ipv6 on: ip6tables is not usable")?;
             Ok(true)
         }
-        Ipv6Mode::Auto => match apply::ipv6_enabled()
-            .map_err(anyhow::Error::msg)
-            .and_then(|()| {
-                v6.available()
-                    .map_err(|e| anyhow::anyhow!("ip6tables is not usable: {e}"))
-            }) {
-            Ok(()) => Ok(true),
-            Err(why) => {
-                eprintln!("palisade init: IPv6 rules skipped (--ipv6 auto): {why}");
-                Ok(false)
-            }
-        },
+        (Ipv6Mode::Auto, Ipv6State::Enabled | Ipv6State::Unknown(_)) => {
+            let seen = match state {
+                Ipv6State::Unknown(why) => format!("IPv6 may be enabled in this pod ({why})"),
+                _ => "IPv6 is enabled in this pod".to_string(),
+            };
+            probe().with_context(|| {
+                format!(
+                    "--ipv6 auto: {seen} but ip6tables cannot be used, so IPv6 traffic would \
+                     bypass the proxy; refusing to start the pod. Install ip6tables in the \
+                     init image (Debian/Ubuntu: the iptables package, which ships \
+                     ip6tables-save and ip6tables-restore), point --ip6tables-save and \
+                     --ip6tables-restore at working front-ends, or set --ipv6 off to capture \
+                     IPv4 only, deliberately"
+                )
+            })?;
+            Ok(true)
+        }
     }
 }
 
@@ -152,8 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut tables = vec![&v4];
-    if use_ipv6(args.ipv6, &v6)? {
+    // Decided before anything is changed, so a refusal leaves the namespace as it was.
+    let state = apply::ipv6_state();
+    if decide_ipv6(args.ipv6, &state, || v6.available())? {
         tables.push(&v6);
+    } else if let (Ipv6Mode::Auto, Ipv6State::Disabled(why)) = (args.ipv6, &state) {
+        eprintln!("palisade init: no IPv6 rules (--ipv6 auto): {why}");
     }
     // When the IPv6 step fails, the IPv4 one has already changed the namespace: say so.
     let v4_done = match (args.cleanup, args.dry_run) {
@@ -256,5 +275,66 @@ mod tests {
             text.contains("--exclude-outbound-ip-ranges") && text.contains("fd00::/200"),
             "{text}"
         );
+    }
+
+    /// Every mode against every namespace state and probe outcome: where IPv6 can flow, `auto`
+    /// captures it or fails; only `off` (or a namespace without IPv6) gives IPv4-only capture.
+    #[test]
+    fn ipv6_decision_fails_closed() {
+        use Ipv6Mode::{Auto, Off, On};
+        let enabled = Ipv6State::Enabled;
+        let disabled = Ipv6State::Disabled("IPv6 is disabled".into());
+        let unknown = Ipv6State::Unknown("unreadable".into());
+        // (mode, state, probe works, expected: Some(use v6) or None for an error, probed)
+        let table: [(Ipv6Mode, &Ipv6State, bool, Option<bool>, bool); 18] = [
+            (Off, &enabled, true, Some(false), false),
+            (Off, &enabled, false, Some(false), false),
+            (Off, &disabled, false, Some(false), false),
+            (Off, &unknown, false, Some(false), false),
+            (Off, &disabled, true, Some(false), false),
+            (Off, &unknown, true, Some(false), false),
+            (On, &enabled, true, Some(true), true),
+            (On, &enabled, false, None, true),
+            (On, &disabled, true, None, false),
+            (On, &disabled, false, None, false),
+            (On, &unknown, true, None, false),
+            (On, &unknown, false, None, false),
+            (Auto, &enabled, true, Some(true), true),
+            (Auto, &enabled, false, None, true),
+            (Auto, &disabled, true, Some(false), false),
+            (Auto, &disabled, false, Some(false), false),
+            (Auto, &unknown, true, Some(true), true),
+            (Auto, &unknown, false, None, true),
+        ];
+        for (mode, state, works, expected, probes) in table {
+            let mut probed = false;
+            let got = decide_ipv6(mode, state, || {
+                probed = true;
+                if works {
+                    Ok(())
+                } else {
+                    Err(apply::ApplyError::Failed {
+                        command: "ip6tables-restore --noflush --test".into(),
+                        status: "exit status: 2".into(),
+                        stderr: "can't initialize ip6tables table `nat'".into(),
+                    })
+                }
+            });
+            let case = format!("{mode:?} {state:?} probe works: {works}");
+            assert_eq!(got.as_ref().ok().copied(), expected, "{case}: {got:?}");
+            assert_eq!(probed, probes, "{case}: probed");
+            if let (Err(e), Auto) = (&got, mode) {
+                // The operator learns what failed and both ways out.
+                let text = format!("{e:#}");
+                for needed in [
+                    "can't initialize ip6tables table",
+                    "bypass the proxy",
+                    "ip6tables",
+                    "--ipv6 off",
+                ] {
+                    assert!(text.contains(needed), "{case}: {text}");
+                }
+            }
+        }
     }
 }

@@ -37,6 +37,12 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// Time between two rounds (client-go's default).
 pub const RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+// A leader stops before anyone may take over, with a retry period to spare: checked when the
+// crate compiles (a test comparing constants could never fail at run time).
+const _: () =
+    assert!(RENEW_DEADLINE.as_millis() + RETRY_PERIOD.as_millis() < LEASE_DURATION.as_millis());
+
 /// `leaseDurationSeconds` written on release (what client-go writes).
 const RELEASED_DURATION_SECONDS: i32 = 1;
 
@@ -201,8 +207,7 @@ pub fn default_identity() -> String {
     if aws_lc_rs::rand::fill(&mut suffix).is_err() {
         suffix = std::process::id().to_be_bytes();
     }
-    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{base}_{hex}")
+    format!("{base}_{}", crate::hex(&suffix))
 }
 
 /// What a successful round found.

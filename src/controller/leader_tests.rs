@@ -133,12 +133,6 @@ fn keep_leading_table() {
 }
 
 #[test]
-fn deadlines_leave_a_margin() {
-    // A leader stops before anyone may take over, with a retry period to spare.
-    assert!(RENEW_DEADLINE + RETRY_PERIOD < LEASE_DURATION);
-}
-
-#[test]
 fn record_defaults_for_missing_fields() {
     let empty = LeaseRecord::from_lease(&Lease::default());
     assert_eq!(

@@ -251,6 +251,14 @@ fn chart_names_are_the_ones_the_code_uses() {
         palisade::webhook::ca_bundle::WEBHOOK_CONFIGURATION,
     );
     for hook in webhook["webhooks"].as_array().expect("webhooks") {
+        // The API server gives up after `timeoutSeconds` (failurePolicy Fail): the webhook's
+        // own deadline must not be longer, or a slow lookup's clear denial is never seen.
+        let api_timeout = hook["timeoutSeconds"].as_u64().expect("timeoutSeconds");
+        assert!(
+            palisade::webhook::server::REQUEST_TIMEOUT.as_secs() <= api_timeout,
+            "webhook deadline {:?} beyond the API server's {api_timeout}s",
+            palisade::webhook::server::REQUEST_TIMEOUT
+        );
         let keys = |selector: &str| -> Vec<&str> {
             hook[selector]["matchExpressions"]
                 .as_array()

@@ -5,7 +5,8 @@
 //! IP6T_SO_ORIGINAL_DST).
 //!
 //! Needs root, iptables and ip6tables. Without them the test fails with a message saying what is
-//! missing, unless `PALISADE_SKIP_NETNS=1` is set, in which case it prints a loud SKIPPED line.
+//! missing. With `PALISADE_SKIP_NETNS=1` it does not run and reports itself skipped
+//! (`SKIPPED: <name>: <why>`, counted as skipped by `make test`, never as passed).
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
@@ -272,15 +273,16 @@ fn as_proxy(t: &Topology, script: &str) {
 
 #[test]
 fn init_rules_redirect_in_a_network_namespace() {
+    const NAME: &str = "init_rules_redirect_in_a_network_namespace";
+    if std::env::var("PALISADE_SKIP_NETNS").as_deref() == Ok("1") {
+        let why = match missing_prerequisite() {
+            Some(why) => format!("PALISADE_SKIP_NETNS=1 ({why})"),
+            None => "PALISADE_SKIP_NETNS=1".to_string(),
+        };
+        support::skipped(NAME, &why);
+        return;
+    }
     if let Some(why) = missing_prerequisite() {
-        if std::env::var("PALISADE_SKIP_NETNS").as_deref() == Ok("1") {
-            eprintln!(
-                "\n********************************************************************\n\
-                 SKIPPED init_rules_redirect_in_a_network_namespace: {why}\n\
-                 ********************************************************************\n"
-            );
-            return;
-        }
         panic!(
             "cannot test palisade init in a network namespace: {why}. \
              Set PALISADE_SKIP_NETNS=1 to skip this test explicitly."
@@ -425,31 +427,59 @@ fn init_rules_redirect_in_a_network_namespace() {
     // Clean-up twice is fine too.
     t.init(&["--cleanup"]);
 
-    // The IPv6 step fails after the IPv4 one succeeded: the error says which half is in
-    // place, and a retry converges to the full rule set.
+    // Fake ip6tables-restore front-ends, real iptables for the rest. `probe_fails` starts
+    // (`--version` works) but cannot restore, as an image whose kernel lacks ip6table_nat;
+    // `apply_fails` passes the `--test` probe and fails the real restore.
     let dir = std::env::temp_dir().join(format!("palisade-fail6-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let fail6 = dir.join("ip6tables-restore");
-    std::fs::write(
-        &fail6,
-        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\ncat >/dev/null\n\
-         echo 'simulated ip6tables-restore failure' >&2\nexit 1\n",
-    )
-    .unwrap();
-    run(&["chmod", "755", fail6.to_str().unwrap()]);
-    let bin = support::palisade_bin();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &t.pod])
-        .arg(&bin)
-        .args([
-            "init",
-            "--exclude-inbound-ports",
-            "9091",
-            "--ip6tables-restore",
-        ])
-        .arg(&fail6)
-        .output()
+    let fake = |name: &str, test_exit: u8| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\ncat >/dev/null\n\
+                 case \"$*\" in *--test*) [ {test_exit} = 0 ] && exit 0;; esac\n\
+                 echo 'simulated ip6tables-restore failure' >&2\nexit 1\n"
+            ),
+        )
         .unwrap();
+        run(&["chmod", "755", path.to_str().unwrap()]);
+        path
+    };
+    let probe_fails = fake("probe-fails", 1);
+    let apply_fails = fake("apply-fails", 0);
+    let init_with = |restore6: &std::path::Path| {
+        Command::new("ip")
+            .args(["netns", "exec", &t.pod])
+            .arg(support::palisade_bin())
+            .args([
+                "init",
+                "--exclude-inbound-ports",
+                "9091",
+                "--ip6tables-restore",
+            ])
+            .arg(restore6)
+            .output()
+            .unwrap()
+    };
+
+    // `--ipv6 auto` with IPv6 on and an ip6tables that cannot restore: refused before anything
+    // changes, with the tool's message and the ways out.
+    let out = init_with(&probe_fails);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("simulated ip6tables-restore failure")
+            && stderr.contains("IPv6 traffic would bypass the proxy")
+            && stderr.contains("--ipv6 off"),
+        "{stderr}"
+    );
+    assert_eq!(t.nat(), before, "nothing installed when IPv6 cannot be");
+    assert_eq!(t.nat6(), before6);
+
+    // The IPv6 step fails after the IPv4 one succeeded: the error says which half is in
+    // place, and a retry converges to the full rule set.
+    let out = init_with(&apply_fails);
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -521,4 +551,52 @@ fn init_dry_run_prints_the_script_without_root() {
         support::palisade(&["init", "--dry-run", "--exclude-inbound-ports", "ssh"]);
     assert!(!ok);
     assert!(stderr.contains("--exclude-inbound-ports"), "{stderr}");
+}
+
+/// `--ipv6 auto` (what the injector passes) in a namespace with IPv6 and without a usable
+/// ip6tables stops the pod, before any rule is written: IPv4-only capture would let IPv6
+/// traffic bypass the proxy. `true` stands in for the IPv4 front-ends, so even a regression
+/// that went on to "apply" would change nothing on this machine. (`--ipv6 off` is covered by
+/// the decision table in `cli::init` and by the network-namespace test above.)
+#[test]
+fn init_auto_refuses_ipv6_without_ip6tables() {
+    const NAME: &str = "init_auto_refuses_ipv6_without_ip6tables";
+    let ipv6_here = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+        .is_ok_and(|v| v.trim() == "0");
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    // Here when this namespace has IPv6; otherwise in a fresh one (IPv6 on by default), as root.
+    let mut cmd = if ipv6_here {
+        Command::new(support::palisade_bin())
+    } else if root && Command::new("unshare").arg("--version").output().is_ok() {
+        let mut c = Command::new("unshare");
+        c.arg("--net").arg(support::palisade_bin());
+        c
+    } else {
+        support::skipped(
+            NAME,
+            "IPv6 is disabled in this network namespace and making a new one needs root and unshare",
+        );
+        return;
+    };
+    let missing = "/nonexistent/palisade-test/ip6tables-restore";
+    let out = cmd
+        .args(["init", "--ipv6", "auto"])
+        .args(["--iptables-save", "true", "--iptables-restore", "true"])
+        .args(["--ip6tables-save", missing, "--ip6tables-restore", missing])
+        .output()
+        .expect("palisade runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "auto must fail closed: {stderr}");
+    for needed in [missing, "IPv6 traffic would bypass the proxy", "--ipv6 off"] {
+        assert!(stderr.contains(needed), "{needed:?} not in: {stderr}");
+    }
+    assert!(
+        !stderr.contains("traffic capture installed"),
+        "nothing may be installed first: {stderr}"
+    );
 }

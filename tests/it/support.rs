@@ -69,3 +69,13 @@ pub fn standalone_config(dir: &Path) -> palisade::server::Config {
         ..palisade::server::Config::default()
     }
 }
+
+/// Records that test `name` could not run here, and why, as a `SKIPPED: <name>: <why>` line
+/// that `make test` counts as skipped (and takes off the passed count, since the test then
+/// returns and libtest counts it as passed). Written straight to the process's stderr, not
+/// through `eprintln!`, so libtest's output capture cannot hide it under `cargo test -q`.
+pub fn skipped(name: &str, why: &str) {
+    use std::io::Write as _;
+    let line = format!("\nSKIPPED: {name}: {why}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
