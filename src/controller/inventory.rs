@@ -142,10 +142,54 @@ impl Inventory {
         }
     }
 
+    /// This snapshot with every record that equals the record at the same key in `previous`
+    /// replaced by `previous`'s `Arc`, so consumers see unchanged records as `Arc::ptr_eq`.
+    pub fn sharing_unchanged(mut self, previous: &Inventory) -> Inventory {
+        share(&previous.namespaces, &mut self.namespaces);
+        share(&previous.pods, &mut self.pods);
+        share(&previous.services, &mut self.services);
+        share(&previous.endpoints, &mut self.endpoints);
+        share(
+            &previous.peer_authentications,
+            &mut self.peer_authentications,
+        );
+        share(&previous.destination_rules, &mut self.destination_rules);
+        self
+    }
+
+    /// True when both snapshots hold the very same records (same keys, `Arc::ptr_eq` values):
+    /// publishing `other` after `self` would tell consumers nothing new.
+    pub fn same_records(&self, other: &Inventory) -> bool {
+        same(&self.namespaces, &other.namespaces)
+            && same(&self.pods, &other.pods)
+            && same(&self.services, &other.services)
+            && same(&self.endpoints, &other.endpoints)
+            && same(&self.peer_authentications, &other.peer_authentications)
+            && same(&self.destination_rules, &other.destination_rules)
+    }
+
     /// The active pod that holds `ip`, if any.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodRecord>> {
         self.pods.values().find(|p| p.active && p.ips.contains(&ip))
     }
+}
+
+fn share<K: Ord, V: PartialEq>(previous: &BTreeMap<K, Arc<V>>, next: &mut BTreeMap<K, Arc<V>>) {
+    for (key, record) in next.iter_mut() {
+        if let Some(old) = previous.get(key)
+            && !Arc::ptr_eq(old, record)
+            && **old == **record
+        {
+            *record = Arc::clone(old);
+        }
+    }
+}
+
+fn same<K: Ord, V>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
 }
 
 /// Where the inventory comes from: the Kubernetes watchers or the standalone directory. Both
