@@ -217,3 +217,71 @@ fn endpoint(ip: IpAddr, pod: &ObjectKey, ports: &[(Option<String>, u16)]) -> End
         ports: ports.to_vec(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn parsed(text: &str) -> Manifests {
+        let mut m = Manifests::default();
+        m.add_str(text, Path::new("t.yaml")).expect("parses");
+        m
+    }
+
+    fn pa(name: &str, mode: &str) -> String {
+        format!(
+            "apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+        )
+    }
+
+    #[test]
+    fn a_later_definition_wins_and_is_reported() {
+        let first = parsed(&pa("p", "STRICT"));
+        let second = parsed(&pa("p", "DISABLE"));
+        let mut ages = PolicyAges::default();
+        let (inventory, duplicates) = build([&first, &second], &Inventory::default(), &mut ages);
+        let mode = inventory.peer_authentications[&ObjectKey::new("shop", "p")]
+            .policy
+            .spec
+            .mtls
+            .as_ref()
+            .and_then(|m| m.mode);
+        assert_eq!(mode, Some(crate::api::MtlsMode::Disable));
+        assert_eq!(
+            duplicates,
+            vec![Duplicate {
+                kind: "PeerAuthentication",
+                key: ObjectKey::new("shop", "p"),
+            }]
+        );
+    }
+
+    #[test]
+    fn ages_are_kept_while_a_policy_exists_and_renewed_when_it_returns() {
+        let a = parsed(&pa("a", "STRICT"));
+        let b = parsed(&pa("b", "STRICT"));
+        let mut ages = PolicyAges::default();
+        let seq = |i: &Inventory, name: &str| {
+            i.peer_authentications[&ObjectKey::new("shop", name)]
+                .policy
+                .meta
+                .seq
+        };
+        let (one, _) = build([&a, &b], &Inventory::default(), &mut ages);
+        assert!(seq(&one, "a") < seq(&one, "b"));
+        // A new file sorted before both does not make it older than them.
+        let z = parsed(&pa("z", "STRICT"));
+        let (two, _) = build([&z, &a, &b], &one, &mut ages);
+        assert!(seq(&two, "z") > seq(&two, "b"));
+        assert!(Arc::ptr_eq(
+            &one.peer_authentications[&ObjectKey::new("shop", "a")],
+            &two.peer_authentications[&ObjectKey::new("shop", "a")]
+        ));
+        // Removed, then back: newer than every other.
+        let (three, _) = build([&z, &b], &two, &mut ages);
+        let (four, _) = build([&z, &a, &b], &three, &mut ages);
+        assert!(seq(&four, "a") > seq(&four, "z"));
+    }
+}

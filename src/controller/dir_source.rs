@@ -239,27 +239,27 @@ impl Scanner {
             }
         };
         let mut files = BTreeMap::new();
+        let mut objects = 0usize;
         for path in paths.into_iter().filter(|p| *p != injection) {
             let state = self.files.remove(&path);
-            files.insert(path.clone(), self.read(&path, state));
+            let state = self.read(&path, state);
+            objects += state.good.as_ref().map_or(0, Manifests::object_count);
+            files.insert(path, state);
+            if objects > MAX_OBJECTS {
+                // Bounded like `explain`: stop reading; what was read is kept for the next
+                // scan, nothing changes until the directory is back under the limit.
+                self.files.extend(files);
+                self.report_dir_error(&ManifestError::TooMany {
+                    what: "objects",
+                    limit: MAX_OBJECTS,
+                });
+                return ScanOutcome::default();
+            }
         }
         for gone in self.files.keys() {
             debug!(file = %gone.display(), "config file removed");
         }
         self.files = files;
-        let count: usize = self
-            .files
-            .values()
-            .filter_map(|f| f.good.as_ref())
-            .map(Manifests::object_count)
-            .sum();
-        if count > MAX_OBJECTS {
-            self.report_dir_error(&ManifestError::TooMany {
-                what: "objects",
-                limit: MAX_OBJECTS,
-            });
-            return ScanOutcome::default();
-        }
         self.dir_error = None;
         let complete = self.files.values().all(|f| f.good.is_some());
         if !complete && !self.loaded {

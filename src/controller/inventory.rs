@@ -203,3 +203,43 @@ pub trait Source: Send + Sync {
     /// and stays `true`. `/readyz` waits for it.
     fn synced(&self) -> watch::Receiver<bool>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str, team: &str) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name.into(),
+            labels: [("team".to_string(), team.to_string())].into(),
+        }
+    }
+
+    fn inventory(namespaces: &[NamespaceInfo]) -> Inventory {
+        Inventory {
+            namespaces: namespaces
+                .iter()
+                .map(|n| (n.name.clone(), Arc::new(n.clone())))
+                .collect(),
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn unchanged_records_are_shared_and_changed_ones_are_not() {
+        let before = inventory(&[ns("a", "x"), ns("b", "x")]);
+        let after =
+            inventory(&[ns("a", "x"), ns("b", "y"), ns("c", "x")]).sharing_unchanged(&before);
+        assert!(Arc::ptr_eq(&before.namespaces["a"], &after.namespaces["a"]));
+        assert!(!Arc::ptr_eq(
+            &before.namespaces["b"],
+            &after.namespaces["b"]
+        ));
+        assert_eq!(after.namespaces["b"].labels["team"], "y");
+        assert!(!before.same_records(&after));
+        let again = inventory(&[ns("a", "x"), ns("b", "y"), ns("c", "x")]);
+        assert!(!after.same_records(&again), "equal values, other Arcs");
+        assert!(after.same_records(&again.sharing_unchanged(&after)));
+        assert!(!after.same_records(&inventory(&[ns("a", "x")]).sharing_unchanged(&after)));
+    }
+}

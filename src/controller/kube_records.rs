@@ -190,3 +190,117 @@ fn policy_record<S: Clone>(
     };
     Some((key, record))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn pod(status: serde_json::Value, deleting: bool) -> Pod {
+        let mut object = json!({
+            "metadata": {"name": "p", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": status
+        });
+        if deleting {
+            object["metadata"]["deletionTimestamp"] = json!("2025-01-01T00:00:00Z");
+        }
+        serde_json::from_value(object).expect("pod")
+    }
+
+    #[test]
+    fn pod_activity_and_addresses_table() {
+        let cases = [
+            (
+                "running",
+                json!({"phase": "Running", "podIP": "10.0.0.1"}),
+                false,
+                true,
+                vec!["10.0.0.1"],
+            ),
+            (
+                "pending, no IP yet",
+                json!({"phase": "Pending"}),
+                false,
+                true,
+                vec![],
+            ),
+            (
+                "terminating",
+                json!({"phase": "Running", "podIP": "10.0.0.1"}),
+                true,
+                false,
+                vec!["10.0.0.1"],
+            ),
+            (
+                "succeeded",
+                json!({"phase": "Succeeded", "podIP": "10.0.0.1"}),
+                false,
+                false,
+                vec!["10.0.0.1"],
+            ),
+            ("failed", json!({"phase": "Failed"}), false, false, vec![]),
+            (
+                "dual stack, podIPs win",
+                json!({"podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.1"}, {"ip": "fd00::1"}]}),
+                false,
+                true,
+                vec!["10.0.0.1", "fd00::1"],
+            ),
+            (
+                "a bad IP is dropped",
+                json!({"podIPs": [{"ip": "nope"}, {"ip": "10.0.0.2"}]}),
+                false,
+                true,
+                vec!["10.0.0.2"],
+            ),
+        ];
+        for (name, status, deleting, active, ips) in cases {
+            let (key, record) = pod_record(&pod(status, deleting)).expect(name);
+            assert_eq!(key, ObjectKey::new("shop", "p"), "{name}");
+            assert_eq!(record.active, active, "{name}");
+            let got: Vec<String> = record.ips.iter().map(ToString::to_string).collect();
+            assert_eq!(got, ips, "{name}");
+            assert_eq!(record.workload.ports[0].port, 8080, "{name}");
+            assert_eq!(record.workload.service_account, "default", "{name}");
+        }
+    }
+
+    #[test]
+    fn objects_without_name_or_namespace_give_no_record() {
+        let nameless: Pod =
+            serde_json::from_value(json!({"metadata": {"namespace": "shop"}})).expect("pod");
+        assert!(pod_record(&nameless).is_none());
+        let cluster_scoped: Service =
+            serde_json::from_value(json!({"metadata": {"name": "s"}})).expect("svc");
+        assert!(service_record(&cluster_scoped).is_none());
+    }
+
+    #[test]
+    fn slices_table() {
+        let slice = |labels: serde_json::Value, address_type: &str| -> EndpointSlice {
+            serde_json::from_value(json!({
+                "metadata": {"name": "s-1", "namespace": "shop", "labels": labels},
+                "addressType": address_type,
+                "endpoints": [{"addresses": ["10.0.0.1", "bad"], "conditions": {"ready": true}}],
+                "ports": [{"port": 8080}, {"name": "no-port"}]
+            }))
+            .expect("slice")
+        };
+        assert!(
+            slice_record(&slice(json!({}), "IPv4")).is_none(),
+            "no service label"
+        );
+        let (_, fqdn) =
+            slice_record(&slice(json!({SERVICE_NAME_LABEL: "web"}), "FQDN")).expect("record");
+        assert!(fqdn.endpoints.is_empty());
+        let (key, v4) =
+            slice_record(&slice(json!({SERVICE_NAME_LABEL: "web"}), "IPv4")).expect("record");
+        assert_eq!(key, ObjectKey::new("shop", "s-1"));
+        assert_eq!(v4.service, ObjectKey::new("shop", "web"));
+        assert_eq!(v4.endpoints.len(), 1, "the unparsable address is dropped");
+        assert_eq!(v4.endpoints[0].ports, vec![(None, 8080)]);
+        assert_eq!(v4.endpoints[0].pod, None);
+    }
+}
