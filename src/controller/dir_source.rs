@@ -242,7 +242,9 @@ impl Scanner {
         let mut objects = 0usize;
         for path in paths.into_iter().filter(|p| *p != injection) {
             let state = self.files.remove(&path);
-            let state = self.read(&path, state);
+            let Some(state) = self.read(&path, state) else {
+                continue; // deleted since it was listed
+            };
             objects += state.good.as_ref().map_or(0, Manifests::object_count);
             files.insert(path, state);
             if objects > MAX_OBJECTS {
@@ -285,7 +287,8 @@ impl Scanner {
 
     /// Reads one file; a new content is parsed, and a failure is reported once and keeps the
     /// last good content.
-    fn read(&self, path: &Path, state: Option<FileState>) -> FileState {
+    /// `None` when the file is gone (deleted between listing and reading).
+    fn read(&self, path: &Path, state: Option<FileState>) -> Option<FileState> {
         let mut state = state.unwrap_or(FileState {
             seen: 0,
             good: None,
@@ -305,6 +308,12 @@ impl Scanner {
                 debug!(file = %path.display(), "config file read");
                 state.good = Some(manifests);
             }
+            Err(ManifestError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                debug!(file = %path.display(), "config file removed while scanning");
+                return None;
+            }
             Err(error) => {
                 let seen = hash(error.to_string().as_bytes());
                 // Read errors have no content to hash: report each distinct one once.
@@ -313,7 +322,7 @@ impl Scanner {
                     ManifestError::Io { .. } | ManifestError::TooLarge { .. }
                 ) {
                     if state.seen == seen {
-                        return state;
+                        return Some(state);
                     }
                     state.seen = seen;
                 }
@@ -321,7 +330,7 @@ impl Scanner {
                 self.metrics.config_errors.inc();
             }
         }
-        state
+        Some(state)
     }
 }
 

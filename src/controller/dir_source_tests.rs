@@ -414,3 +414,19 @@ fn selector_endpoints_table() {
         assert_eq!(got, want, "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_file_too_large_is_reported_once_and_the_rest_keeps_applying() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    put(dir.path(), "a.yaml", &pa("a", "STRICT"));
+    let (source, metrics) = start(dir.path());
+    synced(&source).await;
+    let big = "#".repeat(crate::api::manifest::MAX_FILE_BYTES as usize + 1);
+    put(dir.path(), "big.yaml", &big);
+    config_errors(&metrics, 1).await;
+    // Another change re-reads the big file too: the same error is not counted again.
+    put(dir.path(), "b.yaml", &pa("b", "STRICT"));
+    let s = snapshot_where(&source, |i| i.peer_authentications.len() == 2).await;
+    assert!(s.peer_authentications.contains_key(&key("a")));
+    assert_eq!(metrics.config_errors.get(), 1);
+}
