@@ -58,6 +58,16 @@ impl DirSource {
     /// Starts following `dir` on the current tokio runtime. Fails only when `dir` is not a
     /// readable directory; everything about its files is reported as it is found.
     pub fn start(dir: PathBuf, metrics: SourceMetrics) -> Result<DirSource, ManifestError> {
+        DirSource::start_with(dir, metrics, true)
+    }
+
+    /// As [`DirSource::start`]; without `notifications`, the directory is only polled (every
+    /// [`POLL_INTERVAL`]), as when they cannot be set up.
+    fn start_with(
+        dir: PathBuf,
+        metrics: SourceMetrics,
+        notifications: bool,
+    ) -> Result<DirSource, ManifestError> {
         let meta = std::fs::metadata(&dir).map_err(|source| ManifestError::Io {
             path: dir.clone(),
             source,
@@ -69,7 +79,9 @@ impl DirSource {
             });
         }
         let changed = Arc::new(Notify::new());
-        let watcher = watch_dir(&dir, Arc::clone(&changed));
+        let watcher = notifications
+            .then(|| watch_dir(&dir, Arc::clone(&changed)))
+            .flatten();
         let rescan = if watcher.is_some() {
             SAFETY_RESCAN
         } else {

@@ -430,3 +430,16 @@ async fn a_file_too_large_is_reported_once_and_the_rest_keeps_applying() {
     assert!(s.peer_authentications.contains_key(&key("a")));
     assert_eq!(metrics.config_errors.get(), 1);
 }
+
+#[tokio::test]
+async fn without_notifications_polling_still_applies_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    put(dir.path(), "a.yaml", &pa("a", "STRICT"));
+    let source = DirSource::start_with(dir.path().to_path_buf(), SourceMetrics::default(), false)
+        .expect("start");
+    synced(&source).await;
+    put(dir.path(), "b.yaml", &pa("b", "STRICT"));
+    snapshot_where(&source, |i| i.peer_authentications.len() == 2).await;
+    std::fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    snapshot_where(&source, |i| i.peer_authentications.len() == 1).await;
+}

@@ -52,11 +52,30 @@ impl FakeApi {
         };
         assert_eq!(request.method(), http::Method::GET);
         let query = request.uri().query().unwrap_or("").to_string();
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_unstable();
         if watch {
-            assert!(query.contains("allowWatchBookmarks=true"), "{query}");
-            assert!(query.contains("resourceVersion="), "{query}");
+            // Resumes from the last version seen, bookmarks on, the server closes it in 290 s.
+            let version = params
+                .iter()
+                .position(|p| p.starts_with("resourceVersion="))
+                .map(|i| params.remove(i));
+            assert!(
+                version.is_some_and(|v| v.len() > "resourceVersion=".len()),
+                "{query}"
+            );
+            assert_eq!(
+                params,
+                [
+                    "allowWatchBookmarks=true",
+                    "timeoutSeconds=290",
+                    "watch=true"
+                ],
+                "{query}"
+            );
         } else {
-            assert!(query.contains("limit=500"), "{query}");
+            // A consistent (most recent) list in pages of 500.
+            assert_eq!(params, ["limit=500"], "{query}");
         }
         (request, send)
     }
