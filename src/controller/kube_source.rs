@@ -348,17 +348,19 @@ impl Stores {
     /// The endpoints of `service`: the addresses of all its slices, ordered by address (and
     /// pod), exact duplicates (an endpoint in two slices during a move) once.
     fn rebuild_endpoints(&mut self, service: ObjectKey) {
-        let mut endpoints: Vec<EndpointRecord> = self
+        let mut has_slices = false;
+        let mut endpoints: Vec<EndpointRecord> = Vec::new();
+        let in_namespace = self
             .slices
             .live
             .range(ObjectKey::new(&service.namespace, "")..)
-            .take_while(|(k, _)| k.namespace == service.namespace)
-            .filter(|(_, s)| s.service == service)
-            .flat_map(|(_, s)| s.endpoints.iter().cloned())
-            .collect();
+            .take_while(|(k, _)| k.namespace == service.namespace);
+        for (_, slice) in in_namespace.filter(|(_, s)| s.service == service) {
+            has_slices = true;
+            endpoints.extend(slice.endpoints.iter().cloned());
+        }
         endpoints.sort_by(|a, b| (a.ip, &a.pod).cmp(&(b.ip, &b.pod)));
         endpoints.dedup();
-        let has_slices = self.slices.live.values().any(|s| s.service == service);
         if !has_slices {
             self.endpoints.remove(&service);
         } else if self.endpoints.get(&service).map(|e| &***e) != Some(&endpoints) {
