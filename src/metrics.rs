@@ -96,6 +96,8 @@ pub struct Metrics {
     pub ca: CaMetrics,
     pub auth: AuthMetrics,
     pub webhook: crate::webhook::WebhookMetrics,
+    /// Inventory sources: config-file errors, watch restarts.
+    pub sources: crate::controller::SourceMetrics,
 }
 
 impl Default for Metrics {
@@ -151,11 +153,14 @@ impl Metrics {
         );
         let webhook = crate::webhook::WebhookMetrics::default();
         webhook.register(&mut registry);
+        let sources = crate::controller::SourceMetrics::default();
+        sources.register(&mut registry);
         Self {
             registry,
             ca,
             auth,
             webhook,
+            sources,
         }
     }
 
@@ -179,6 +184,8 @@ mod tests {
         m.ca.refuse("ttl_over_max");
         m.auth.review("authenticated");
         m.ca.root_expiry_seconds.set(42);
+        m.sources.config_errors.inc();
+        m.sources.watch_restart("Pod");
         let text = m.encode();
         for needle in [
             "palisade_ca_certs_issued_total 1",
@@ -187,6 +194,8 @@ mod tests {
             "palisade_ca_root_cert_expiry_timestamp_seconds 42",
             "palisade_ca_issuance_duration_seconds_bucket",
             "palisade_auth_token_cache_hits_total 0",
+            "palisade_controller_config_errors_total 1",
+            "palisade_controller_watch_restarts_total{kind=\"Pod\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -7,6 +7,7 @@
 //! without `metadata.creationTimestamp` count as created in input order (earlier = older).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -14,10 +15,9 @@ use k8s_openapi::api::core::v1::{PodSpec, Service};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::objects::{cluster_ips, parse_ip, pod_active, service_info, workload};
 use super::{DestinationRuleSpec, PeerAuthenticationSpec};
-use crate::policy::{
-    Policy, PolicyMeta, ServiceInfo, ServicePortInfo, TargetPort, Workload, WorkloadPort,
-};
+use crate::policy::{NamespaceInfo, Policy, PolicyMeta, ServiceInfo, Workload};
 
 /// Largest manifest file read (bytes).
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -37,9 +37,28 @@ pub struct Manifests {
     pub workloads: Vec<Workload>,
     /// Services.
     pub services: Vec<ServiceInfo>,
+    /// Pod documents (not pod templates) with their addresses and lifecycle, in input order:
+    /// the standalone control plane's workloads. Each is also in `workloads`.
+    pub pods: Vec<PodObject>,
+    /// The cluster IPs of each Service, in the order of `services`.
+    pub service_ips: Vec<Vec<IpAddr>>,
+    /// Namespace documents and their labels.
+    pub namespaces: Vec<NamespaceInfo>,
     /// Objects of kinds that carry no policy, skipped.
     pub skipped: Vec<Skipped>,
     next_seq: u64,
+}
+
+/// A Pod document as the standalone control plane sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodObject {
+    /// The workload (as in [`Manifests::workloads`]).
+    pub workload: Workload,
+    /// `status.podIPs` (or `status.podIP`); empty when the document gives none.
+    pub ips: Vec<IpAddr>,
+    /// False when `metadata.deletionTimestamp` is set or `status.phase` is `Succeeded` or
+    /// `Failed`.
+    pub active: bool,
 }
 
 /// An object that was skipped because its kind carries no policy.
@@ -132,6 +151,7 @@ enum DocKind {
     DestinationRule,
     Service,
     Pod,
+    Namespace,
     PodTemplate,
     List,
     Other,
@@ -148,6 +168,7 @@ fn classify(api_version: &str, kind: &str) -> DocKind {
         }
         ("", "Service") => DocKind::Service,
         ("", "Pod") => DocKind::Pod,
+        ("", "Namespace") => DocKind::Namespace,
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") | ("batch", "Job") => {
             DocKind::PodTemplate
         }
@@ -193,12 +214,7 @@ impl Manifests {
         if doc.is_null() {
             return Ok(()); // an empty document, e.g. after a trailing `---`
         }
-        let object_count = self.peer_authentications.len()
-            + self.destination_rules.len()
-            + self.workloads.len()
-            + self.services.len()
-            + self.skipped.len();
-        if object_count >= MAX_OBJECTS {
+        if self.object_count() >= MAX_OBJECTS {
             return Err(ManifestError::TooMany {
                 what: "objects",
                 limit: MAX_OBJECTS,
@@ -248,16 +264,34 @@ impl Manifests {
                 self.destination_rules.push(policy);
             }
             DocKind::Service => {
+                require_name(&name, &invalid)?;
                 let service: Service = typed(&doc, "", false).map_err(|(f, m)| invalid(&f, m))?;
+                let spec = service.spec.as_ref();
+                let ips = cluster_ips(
+                    spec.and_then(|s| s.cluster_ips.as_deref()),
+                    spec.and_then(|s| s.cluster_ip.as_deref()),
+                )
+                .map_err(|(f, m)| invalid(&f, m))?;
                 self.services
                     .push(service_info(&service, &namespace_of(&doc)));
+                self.service_ips.push(ips);
             }
             DocKind::Pod => {
+                require_name(&name, &invalid)?;
                 let spec: PodSpec = typed(doc.get("spec").unwrap_or(&Value::Null), "spec", false)
                     .map_err(|(f, m)| invalid(&f, m))?;
                 let labels = labels_at(&doc, "/metadata/labels");
-                self.workloads
-                    .push(workload(&namespace_of(&doc), &name, labels, &spec));
+                let workload = workload(&namespace_of(&doc), &name, labels, &spec);
+                let pod = pod_object(&doc, workload.clone()).map_err(|(f, m)| invalid(&f, m))?;
+                self.workloads.push(workload);
+                self.pods.push(pod);
+            }
+            DocKind::Namespace => {
+                require_name(&name, &invalid)?;
+                self.namespaces.push(NamespaceInfo {
+                    name: name.clone(),
+                    labels: labels_at(&doc, "/metadata/labels"),
+                });
             }
             DocKind::PodTemplate => {
                 let template = doc.pointer("/spec/template").unwrap_or(&Value::Null);
@@ -288,6 +322,16 @@ impl Manifests {
             }),
         }
         Ok(())
+    }
+
+    /// How many objects were read (every kind, skipped ones included).
+    pub fn object_count(&self) -> usize {
+        self.peer_authentications.len()
+            + self.destination_rules.len()
+            + self.workloads.len()
+            + self.services.len()
+            + self.namespaces.len()
+            + self.skipped.len()
     }
 
     fn policy_from<S: DeserializeOwned>(
@@ -365,6 +409,62 @@ fn typed<T: DeserializeOwned>(
     Ok(parsed)
 }
 
+fn require_name(
+    name: &str,
+    invalid: &dyn Fn(&str, String) -> ManifestError,
+) -> Result<(), ManifestError> {
+    if name.is_empty() {
+        return Err(invalid("metadata.name", "required".into()));
+    }
+    Ok(())
+}
+
+/// A Pod document's addresses and lifecycle (`status` is read leniently: only the fields
+/// below, each checked).
+fn pod_object(doc: &Value, workload: Workload) -> Result<PodObject, (String, String)> {
+    let status = doc.get("status");
+    let mut ip_texts = Vec::new();
+    match status.and_then(|s| s.get("podIPs")) {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.get("ip").and_then(Value::as_str) {
+                    Some(ip) => ip_texts.push((format!("status.podIPs[{i}].ip"), ip)),
+                    None => return Err((format!("status.podIPs[{i}].ip"), "required".into())),
+                }
+            }
+        }
+        Some(_) => return Err(("status.podIPs".into(), "must be a list".into())),
+    }
+    if ip_texts.is_empty() {
+        match status.and_then(|s| s.get("podIP")) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(ip)) if ip.is_empty() => {}
+            Some(Value::String(ip)) => ip_texts.push(("status.podIP".into(), ip)),
+            Some(_) => return Err(("status.podIP".into(), "must be a string".into())),
+        }
+    }
+    let mut ips = Vec::new();
+    for (field, text) in ip_texts {
+        let ip = parse_ip(text).map_err(|m| (field, m))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let deleting = doc
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|v| !v.is_null());
+    let phase = status
+        .and_then(|s| s.get("phase"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Ok(PodObject {
+        workload,
+        ips,
+        active: pod_active(deleting, phase),
+    })
+}
+
 fn string_at(doc: &Value, key: &str) -> String {
     doc.get(key)
         .and_then(Value::as_str)
@@ -391,66 +491,13 @@ fn labels_at(doc: &Value, pointer: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn workload(
-    namespace: &str,
-    name: &str,
-    labels: BTreeMap<String, String>,
-    spec: &PodSpec,
-) -> Workload {
-    let ports = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| {
-            Some(WorkloadPort {
-                name: p.name.clone(),
-                port: u16::try_from(p.container_port).ok()?,
-            })
-        })
-        .collect();
-    Workload {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        labels,
-        service_account: spec
-            .service_account_name
-            .clone()
-            .filter(|sa| !sa.is_empty())
-            .unwrap_or_else(|| "default".to_string()),
-        ports,
-    }
-}
-
-fn service_info(service: &Service, namespace: &str) -> ServiceInfo {
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    let spec = service.spec.clone().unwrap_or_default();
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            let port = u16::try_from(p.port).ok()?;
-            let target_port = match &p.target_port {
-                None => TargetPort::Number(port),
-                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
-                Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                    Ok(n) => TargetPort::Number(n),
-                    Err(_) => TargetPort::Name(s.clone()),
-                },
-            };
-            Some(ServicePortInfo {
-                name: p.name.clone(),
-                port,
-                target_port,
-            })
-        })
-        .collect();
-    ServiceInfo {
-        namespace: namespace.to_string(),
-        name: service.metadata.name.clone().unwrap_or_default(),
-        selector: spec.selector.unwrap_or_default(),
-        ports,
-    }
+/// Every manifest file under `path` as [`Manifests::load`] reads them: `path` itself if it is a
+/// file, else `.yaml`/`.yml`/`.json` files below it (recursively, hidden entries skipped), in
+/// name order; at most [`MAX_FILES`].
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut files = Vec::new();
+    collect_files(path, &mut files)?;
+    Ok(files)
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), ManifestError> {
@@ -494,7 +541,8 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), ManifestEr
     Ok(())
 }
 
-fn read_bounded(path: &Path) -> Result<String, ManifestError> {
+/// The text of one manifest file, at most [`MAX_FILE_BYTES`].
+pub fn read_bounded(path: &Path) -> Result<String, ManifestError> {
     let io = |source| ManifestError::Io {
         path: path.to_path_buf(),
         source,

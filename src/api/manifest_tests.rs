@@ -1,6 +1,7 @@
 //! Tests of the manifest reader: kinds, errors naming document and field, bounds.
 use super::*;
 use crate::api::MtlsMode;
+use crate::policy::TargetPort;
 
 fn parse(text: &str) -> Result<Manifests, ManifestError> {
     let mut m = Manifests::default();
@@ -97,4 +98,54 @@ fn oversized_files_are_refused() {
         Manifests::load(&[path]),
         Err(ManifestError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn pods_services_and_namespaces_carry_addresses_and_labels() {
+    let m = parse(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: pay}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop, deletionTimestamp: '2025-01-01T00:00:00Z'}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.9, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}, {ip: 10.0.0.1}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec: {containers: [{name: c, image: i}]}\nstatus: {podIP: 10.0.0.2, phase: Running}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: None}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: t}\nspec: {clusterIP: 10.96.0.1, clusterIPs: [10.96.0.1, 'fd00::a']}\n",
+    )
+    .expect("parses");
+    assert_eq!(m.namespaces[0].labels["team"], "pay");
+    let ips: Vec<String> = m.pods[0].ips.iter().map(|ip| ip.to_string()).collect();
+    assert_eq!(
+        ips,
+        ["10.0.0.1", "fd00::1"],
+        "podIPs win over podIP, once each"
+    );
+    assert!(!m.pods[0].active, "terminating");
+    assert!(m.pods[1].active);
+    assert_eq!(m.workloads.len(), 2);
+    assert!(m.service_ips[0].is_empty(), "headless");
+    assert_eq!(m.service_ips[1].len(), 2);
+}
+
+#[test]
+fn bad_addresses_and_missing_names_are_errors_naming_the_field() {
+    let cases = [
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\nstatus: {podIPs: [{ip: 10.0.0}]}\n",
+            "status.podIPs[0].ip",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: []}\nstatus: {podIP: 7}\n",
+            "status.podIP",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIPs: [10.96.0.1, nope]}\n",
+            "spec.clusterIPs[1]",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
+            "metadata.name",
+        ),
+        ("apiVersion: v1\nkind: Pod\nspec: {}\n", "metadata.name"),
+    ];
+    for (text, field) in cases {
+        let err = parse(text).expect_err(field);
+        assert!(
+            err.to_string().contains(&format!("field `{field}`")),
+            "{err}"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 pub mod crd;
 pub mod destination_rule;
 pub mod manifest;
+pub mod objects;
 pub mod peer_authentication;
 pub mod status;
 pub mod traffic_policy;

@@ -142,10 +142,54 @@ impl Inventory {
         }
     }
 
+    /// This snapshot with every record that equals the record at the same key in `previous`
+    /// replaced by `previous`'s `Arc`, so consumers see unchanged records as `Arc::ptr_eq`.
+    pub fn sharing_unchanged(mut self, previous: &Inventory) -> Inventory {
+        share(&previous.namespaces, &mut self.namespaces);
+        share(&previous.pods, &mut self.pods);
+        share(&previous.services, &mut self.services);
+        share(&previous.endpoints, &mut self.endpoints);
+        share(
+            &previous.peer_authentications,
+            &mut self.peer_authentications,
+        );
+        share(&previous.destination_rules, &mut self.destination_rules);
+        self
+    }
+
+    /// True when both snapshots hold the very same records (same keys, `Arc::ptr_eq` values):
+    /// publishing `other` after `self` would tell consumers nothing new.
+    pub fn same_records(&self, other: &Inventory) -> bool {
+        same(&self.namespaces, &other.namespaces)
+            && same(&self.pods, &other.pods)
+            && same(&self.services, &other.services)
+            && same(&self.endpoints, &other.endpoints)
+            && same(&self.peer_authentications, &other.peer_authentications)
+            && same(&self.destination_rules, &other.destination_rules)
+    }
+
     /// The active pod that holds `ip`, if any.
     pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodRecord>> {
         self.pods.values().find(|p| p.active && p.ips.contains(&ip))
     }
+}
+
+fn share<K: Ord, V: PartialEq>(previous: &BTreeMap<K, Arc<V>>, next: &mut BTreeMap<K, Arc<V>>) {
+    for (key, record) in next.iter_mut() {
+        if let Some(old) = previous.get(key)
+            && !Arc::ptr_eq(old, record)
+            && **old == **record
+        {
+            *record = Arc::clone(old);
+        }
+    }
+}
+
+fn same<K: Ord, V>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb))
 }
 
 /// Where the inventory comes from: the Kubernetes watchers or the standalone directory. Both
@@ -158,4 +202,44 @@ pub trait Source: Send + Sync {
     /// Becomes `true` once every watcher (or the first read of the directory) has completed,
     /// and stays `true`. `/readyz` waits for it.
     fn synced(&self) -> watch::Receiver<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str, team: &str) -> NamespaceInfo {
+        NamespaceInfo {
+            name: name.into(),
+            labels: [("team".to_string(), team.to_string())].into(),
+        }
+    }
+
+    fn inventory(namespaces: &[NamespaceInfo]) -> Inventory {
+        Inventory {
+            namespaces: namespaces
+                .iter()
+                .map(|n| (n.name.clone(), Arc::new(n.clone())))
+                .collect(),
+            ..Inventory::default()
+        }
+    }
+
+    #[test]
+    fn unchanged_records_are_shared_and_changed_ones_are_not() {
+        let before = inventory(&[ns("a", "x"), ns("b", "x")]);
+        let after =
+            inventory(&[ns("a", "x"), ns("b", "y"), ns("c", "x")]).sharing_unchanged(&before);
+        assert!(Arc::ptr_eq(&before.namespaces["a"], &after.namespaces["a"]));
+        assert!(!Arc::ptr_eq(
+            &before.namespaces["b"],
+            &after.namespaces["b"]
+        ));
+        assert_eq!(after.namespaces["b"].labels["team"], "y");
+        assert!(!before.same_records(&after));
+        let again = inventory(&[ns("a", "x"), ns("b", "y"), ns("c", "x")]);
+        assert!(!after.same_records(&again), "equal values, other Arcs");
+        assert!(after.same_records(&again.sharing_unchanged(&after)));
+        assert!(!after.same_records(&inventory(&[ns("a", "x")]).sharing_unchanged(&after)));
+    }
 }
