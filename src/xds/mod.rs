@@ -2,6 +2,7 @@
 //! distribution over ADS.
 
 pub mod ca_service;
+pub mod sotw;
 pub mod views;
 
 /// Messages and service stubs generated from `proto/` at build time (protox, no protoc).
