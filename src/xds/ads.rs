@@ -153,8 +153,11 @@ impl AdsStream {
             Ok(Ok(Some(first))) => first,
             Ok(Ok(None)) => return,
             Ok(Err(status)) => {
+                // Oversize or undecodable, or the client reset the stream.
                 tracing::debug!(peer = %self.peer, %status, "ADS stream failed before its first request");
-                return;
+                self.metrics.refuse(SERVICE, "read_error");
+                let status = Status::new(status.code(), "request stream failed");
+                return self.outbox.end(status).await;
             }
             Err(_) => {
                 self.metrics.refuse(SERVICE, "no_request");
