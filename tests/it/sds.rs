@@ -219,6 +219,26 @@ async fn default_is_renewed_on_an_open_stream() {
 }
 
 #[tokio::test]
+async fn a_revoked_credential_ends_the_stream_instead_of_a_renewal() {
+    let policy = IssuancePolicy {
+        default_ttl: Duration::from_secs(4),
+        ..IssuancePolicy::default()
+    };
+    let plane = h::start(policy).await;
+    let mut stream = open_sds(plane.channel(None).await, Some(WEB_TOKEN), &[DEFAULT]).await;
+    assert!(secrets(&stream.next().await.unwrap()).default.is_some());
+    plane.tokens.revoke(WEB_TOKEN);
+    let status = stream
+        .next()
+        .await
+        .expect_err("no renewal for a revoked caller");
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, "unauthenticated")
+    );
+}
+
+#[tokio::test]
 async fn fetch_and_authentication() {
     let plane = h::start(IssuancePolicy::default()).await;
     let mut client = SecretDiscoveryServiceClient::new(plane.channel(None).await);

@@ -33,13 +33,26 @@ use tonic::{Status, Streaming};
 /// How long a test waits for anything that should happen.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// Bearer tokens of the form `token:<namespace>:<service account>`.
-pub struct Tokens;
+/// Bearer tokens of the form `token:<namespace>:<service account>`, unless revoked.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    revoked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tokens {
+    /// From now on `token` is refused.
+    pub fn revoke(&self, token: &str) {
+        self.revoked.lock().unwrap().push(token.to_string());
+    }
+}
 
 #[async_trait::async_trait]
 impl Authenticator for Tokens {
     async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         let bad = || AuthError::Unauthenticated("not a test token".into());
+        if self.revoked.lock().unwrap().iter().any(|t| t == token) {
+            return Err(bad());
+        }
         let mut parts = token.split(':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("token"), Some(ns), Some(sa), None) => Identity::new(ns, sa).map_err(|_| bad()),
@@ -132,6 +145,7 @@ pub struct Plane {
     pub addr: SocketAddr,
     pub authority: Arc<Authority>,
     pub registry: Arc<TestRegistry>,
+    pub tokens: Tokens,
     prometheus: prometheus_client::registry::Registry,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -184,12 +198,13 @@ pub async fn start(policy: IssuancePolicy) -> Plane {
         .unwrap();
     let incoming = ReceiverStream::new(tls::incoming(listener, Arc::new(config)));
     let registry = Arc::new(TestRegistry::default());
+    let tokens = Tokens::default();
     let metrics = XdsMetrics::default();
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("palisade");
     metrics.register(&mut prometheus);
     let trust_domain = authority.policy().trust_domain.clone();
     let ads = AdsService::new(registry.clone(), trust_domain, metrics.clone());
-    let sds = SdsService::new(authority.clone(), Arc::new(Tokens), metrics.clone());
+    let sds = SdsService::new(authority.clone(), Arc::new(tokens.clone()), metrics.clone());
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(256)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
@@ -203,6 +218,7 @@ pub async fn start(policy: IssuancePolicy) -> Plane {
         addr,
         authority,
         registry,
+        tokens,
         prometheus,
         tasks: vec![server, serving_task],
     }
