@@ -248,6 +248,7 @@ impl SecretDiscoveryService for SdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
+        let started = Instant::now();
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -264,7 +265,8 @@ impl SecretDiscoveryService for SdsService {
         };
         let bundle = self.authority.trust_bundle().to_pem();
         let (version, resources) = secrets(&req.resource_names, &bundle, leaf.as_ref());
-        self.metrics.pushed(SERVICE, SECRET_TYPE, 0.0);
+        self.metrics
+            .pushed(SERVICE, SECRET_TYPE, started.elapsed().as_secs_f64());
         Ok(Response::new(DiscoveryResponse {
             nonce: version.clone(),
             version_info: version,
