@@ -98,6 +98,8 @@ pub struct Metrics {
     pub webhook: crate::webhook::WebhookMetrics,
     /// Inventory sources: config-file errors, watch restarts.
     pub sources: crate::controller::SourceMetrics,
+    /// xDS streams (ADS, SDS): connections, pushes, NACKs.
+    pub xds: crate::xds::XdsMetrics,
 }
 
 impl Default for Metrics {
@@ -155,12 +157,15 @@ impl Metrics {
         webhook.register(&mut registry);
         let sources = crate::controller::SourceMetrics::default();
         sources.register(&mut registry);
+        let xds = crate::xds::XdsMetrics::default();
+        xds.register(&mut registry);
         Self {
             registry,
             ca,
             auth,
             webhook,
             sources,
+            xds,
         }
     }
 

@@ -1,7 +1,13 @@
 //! gRPC services of the control plane (tonic): the Istio-compatible CA service, SDS, and policy
 //! distribution over ADS.
 
+pub mod ads;
 pub mod ca_service;
+pub mod metrics;
+pub mod node;
+pub mod sds;
+pub mod sotw;
+pub mod stream;
 pub mod views;
 
 /// Messages and service stubs generated from `proto/` at build time (protox, no protoc).
@@ -20,4 +26,7 @@ pub mod proto {
     }
 }
 
+pub use ads::AdsService;
 pub use ca_service::CaService;
+pub use metrics::XdsMetrics;
+pub use sds::SdsService;
