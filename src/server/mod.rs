@@ -24,7 +24,12 @@ use crate::ca::{
 };
 use crate::metrics::Metrics;
 use crate::net::{bind, tls};
-use crate::xds::CaService;
+use crate::controller::dir_source::DirSource;
+use crate::controller::inventory::{Inventory, Source};
+use crate::controller::kube_source::KubeSource;
+use crate::policy::MeshConfig;
+use crate::xds::registry::Registry;
+use crate::xds::{AdsService, CaService, SdsService};
 
 /// File in the state directory holding the trust bundle clients need (standalone mode).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
@@ -86,6 +91,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Bind(#[from] crate::net::BindError),
+    #[error("config directory: {0}")]
+    ConfigDir(#[from] crate::api::manifest::ManifestError),
     #[error(transparent)]
     Webhook(#[from] crate::webhook::server::StartError),
     #[error("server task: {0}")]
@@ -105,6 +112,10 @@ pub struct Running {
     servers: Vec<JoinHandle<Result<(), String>>>,
     background: Vec<JoinHandle<()>>,
     leader: Option<LeaderTasks>,
+    /// The inventory source; its watchers stop when it is dropped.
+    _source: Box<dyn Source>,
+    /// The per-proxy views; they stop following the inventory when dropped.
+    _registry: Registry,
 }
 
 /// The leader elector and the writers it gates (in-cluster mode).
@@ -301,11 +312,22 @@ pub async fn start_with_client(
     let (serving_rx, serving_task) = serving::start(authority.clone(), spec)?;
     background.push(serving_task);
     let webhook_resolver = Arc::new(ServingResolver::new(serving_rx.clone()));
-    let tls = tls::server_config(
+    // Client certificates (renewal, SDS, ADS) are verified against the bundle as it is at
+    // each handshake, so a root added later is trusted without a restart.
+    let tls = tls::server_config_live_trust(
         Arc::new(ServingResolver::new(serving_rx)),
-        Some(authority.trust_bundle().root_store()),
+        authority.subscribe_bundle(),
         &[b"h2"],
     )?;
+
+    // The inventory: the API server's objects in a cluster, the config directory standalone.
+    let (source, inventory, mut synced) = start_source(&config, client.as_ref(), &metrics)?;
+    let mesh = MeshConfig {
+        root_namespace: config.namespace.clone(),
+        trust_domain: config.policy.trust_domain.clone(),
+        ..MeshConfig::default()
+    };
+    let registry = Registry::start(inventory.clone(), authority.subscribe_bundle(), mesh.clone());
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -315,7 +337,14 @@ pub async fn start_with_client(
     let (grpc_listener, grpc_addr) = bind(config.grpc_addr, "gRPC listener").await?;
     let incoming =
         tokio_stream::wrappers::ReceiverStream::new(tls::incoming(grpc_listener, Arc::new(tls)));
-    let service = CaService::new(authority.clone(), authenticator).into_server();
+    let ca_service = CaService::new(authority.clone(), authenticator.clone()).into_server();
+    let sds = SdsService::new(authority.clone(), authenticator, metrics.xds.clone()).into_server();
+    let ads = AdsService::new(
+        Arc::new(registry.clone()),
+        config.policy.trust_domain.clone(),
+        metrics.xds.clone(),
+    )
+    .into_server();
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
         .concurrency_limit_per_connection(256)
@@ -324,7 +353,9 @@ pub async fn start_with_client(
         // header list as a whole is capped so no caller can make us hold more.
         .http2_max_header_list_size(32 * 1024)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .add_service(service)
+        .add_service(ca_service)
+        .add_service(sds)
+        .add_service(ads)
         .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
     let grpc = tokio::spawn(async move { grpc.await.map_err(|e| format!("gRPC server: {e}")) });
 
@@ -384,7 +415,21 @@ pub async fn start_with_client(
 
     tracing::info!(%grpc_addr, %monitor_addr, %webhook_addr, standalone,
         trust_domain = %config.policy.trust_domain, "control plane serving");
-    ready.store(true, Ordering::Release);
+    // Ready once the inventory has synced: before that, proxies would get empty views and
+    // status would be computed from half a picture.
+    let ready_flag = ready.clone();
+    let mut ready_stop = shutdown_rx.clone();
+    background.push(tokio::spawn(async move {
+        tokio::select! {
+            synced = synced.wait_for(|synced| *synced) => {
+                if synced.is_ok() && !*ready_stop.borrow() {
+                    ready_flag.store(true, Ordering::Release);
+                    tracing::info!("inventory synced: ready");
+                }
+            }
+            _ = ready_stop.wait_for(|stop| *stop) => {}
+        }
+    }));
     Ok(Running {
         grpc_addr,
         monitor_addr,
@@ -396,5 +441,53 @@ pub async fn start_with_client(
         servers: vec![grpc, monitor, webhook],
         background,
         leader,
+        _source: source,
+        _registry: registry,
     })
+}
+
+/// A source that never changes: standalone without a config directory (tests, a bare CA).
+struct EmptySource {
+    inventory: watch::Sender<Arc<Inventory>>,
+    synced: watch::Sender<bool>,
+}
+
+impl Source for EmptySource {
+    fn subscribe(&self) -> watch::Receiver<Arc<Inventory>> {
+        self.inventory.subscribe()
+    }
+
+    fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
+    }
+}
+
+/// Starts the inventory source of this mode and returns it (it stops when dropped) with its
+/// inventory and synced channels.
+#[allow(clippy::type_complexity)]
+fn start_source(
+    config: &Config,
+    client: Option<&kube::Client>,
+    metrics: &Metrics,
+) -> Result<
+    (
+        Box<dyn Source>,
+        watch::Receiver<Arc<Inventory>>,
+        watch::Receiver<bool>,
+    ),
+    ServerError,
+> {
+    let source: Box<dyn Source> = match (client, &config.config_dir) {
+        (Some(client), _) => Box::new(KubeSource::start(
+            client.clone(),
+            metrics.sources.clone(),
+        )),
+        (None, Some(dir)) => Box::new(DirSource::start(dir.clone(), metrics.sources.clone())?),
+        (None, None) => Box::new(EmptySource {
+            inventory: watch::channel(Arc::new(Inventory::default())).0,
+            synced: watch::channel(true).0,
+        }),
+    };
+    let (inventory, synced) = (source.subscribe(), source.synced());
+    Ok((source, inventory, synced))
 }
