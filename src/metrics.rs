@@ -62,6 +62,15 @@ impl AuthMetrics {
     }
 }
 
+/// Connection metrics of the gRPC listener.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections closed on arrival because the connection cap was reached.
+    pub connections_rejected: Counter,
+    /// Connections open now (handshaking or established).
+    pub connections_open: prometheus_client::metrics::gauge::Gauge,
+}
+
 /// Latency buckets from 0.1 ms to about 3 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
@@ -96,6 +105,7 @@ pub struct Metrics {
     pub ca: CaMetrics,
     pub auth: AuthMetrics,
     pub webhook: crate::webhook::WebhookMetrics,
+    pub grpc: ListenerMetrics,
 }
 
 impl Default for Metrics {
@@ -151,11 +161,23 @@ impl Metrics {
         );
         let webhook = crate::webhook::WebhookMetrics::default();
         webhook.register(&mut registry);
+        let grpc = ListenerMetrics::default();
+        registry.register(
+            "grpc_connections_rejected",
+            "gRPC connections closed on arrival because --max-grpc-connections were open",
+            grpc.connections_rejected.clone(),
+        );
+        registry.register(
+            "grpc_connections_open",
+            "gRPC connections open (handshaking or established)",
+            grpc.connections_open.clone(),
+        );
         Self {
             registry,
             ca,
             auth,
             webhook,
+            grpc,
         }
     }
 
@@ -179,6 +201,7 @@ mod tests {
         m.ca.refuse("ttl_over_max");
         m.auth.review("authenticated");
         m.ca.root_expiry_seconds.set(42);
+        m.grpc.connections_rejected.inc();
         let text = m.encode();
         for needle in [
             "palisade_ca_certs_issued_total 1",
@@ -187,6 +210,8 @@ mod tests {
             "palisade_ca_root_cert_expiry_timestamp_seconds 42",
             "palisade_ca_issuance_duration_seconds_bucket",
             "palisade_auth_token_cache_hits_total 0",
+            "palisade_grpc_connections_rejected_total 1",
+            "palisade_grpc_connections_open 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -6,6 +6,7 @@ mod certificate_cli;
 mod crds;
 mod deploy;
 mod explain;
+mod grpc_limits;
 mod init_netns;
 mod support;
 mod webhook;
