@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};

@@ -13,7 +13,6 @@ use rcgen::{
     CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519,
 };
 use rustls::server::WebPkiClientVerifier;
-use rustls::server::danger::ClientCertVerifier as _;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use x509_parser::extensions::GeneralName;

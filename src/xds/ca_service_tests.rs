@@ -282,7 +282,6 @@ async fn a_sibling_intermediates_certificate_does_not_renew() {
     )
     .build()
     .unwrap();
-    use rustls::server::danger::ClientCertVerifier as _;
     assert!(
         bundle_verifier
             .verify_client_cert(&forged[0], &forged[1..], rustls_pki_types::UnixTime::now())
