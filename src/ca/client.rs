@@ -186,7 +186,7 @@ pub fn verify_issued(
             return Err(ChainError::NotPem(n));
         };
         match X509Certificate::from_der(der.as_ref()) {
-            Ok((rest, _)) if rest.is_empty() => chain.push(der),
+            Ok(([], _)) => chain.push(der),
             _ => return Err(ChainError::Unparseable(n)),
         }
     }
