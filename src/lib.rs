@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod server;
+pub mod singleflight;
 pub mod webhook;
 pub mod xds;
 

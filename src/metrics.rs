@@ -62,6 +62,15 @@ impl AuthMetrics {
     }
 }
 
+/// Connection metrics of the gRPC listener.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerMetrics {
+    /// Connections closed on arrival because the connection cap was reached.
+    pub connections_rejected: Counter,
+    /// Connections open now (handshaking or established).
+    pub connections_open: prometheus_client::metrics::gauge::Gauge,
+}
+
 /// Latency buckets from 0.1 ms to about 3 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 15))
@@ -100,6 +109,7 @@ pub struct Metrics {
     pub sources: crate::controller::SourceMetrics,
     /// xDS streams (ADS, SDS): connections, pushes, NACKs.
     pub xds: crate::xds::XdsMetrics,
+    pub grpc: ListenerMetrics,
 }
 
 impl Default for Metrics {
@@ -159,6 +169,17 @@ impl Metrics {
         sources.register(&mut registry);
         let xds = crate::xds::XdsMetrics::default();
         xds.register(&mut registry);
+        let grpc = ListenerMetrics::default();
+        registry.register(
+            "grpc_connections_rejected",
+            "gRPC connections closed on arrival because --max-grpc-connections were open",
+            grpc.connections_rejected.clone(),
+        );
+        registry.register(
+            "grpc_connections_open",
+            "gRPC connections open (handshaking or established)",
+            grpc.connections_open.clone(),
+        );
         Self {
             registry,
             ca,
@@ -166,6 +187,7 @@ impl Metrics {
             webhook,
             sources,
             xds,
+            grpc,
         }
     }
 
@@ -191,6 +213,7 @@ mod tests {
         m.ca.root_expiry_seconds.set(42);
         m.sources.config_errors.inc();
         m.sources.watch_restart("Pod");
+        m.grpc.connections_rejected.inc();
         let text = m.encode();
         for needle in [
             "palisade_ca_certs_issued_total 1",
@@ -201,6 +224,8 @@ mod tests {
             "palisade_auth_token_cache_hits_total 0",
             "palisade_controller_config_errors_total 1",
             "palisade_controller_watch_restarts_total{kind=\"Pod\"} 1",
+            "palisade_grpc_connections_rejected_total 1",
+            "palisade_grpc_connections_open 0",
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }

@@ -1,14 +1,93 @@
 //! Renewal by client certificate: a caller presenting a still-valid workload certificate of
-//! this mesh over mTLS is that identity.
+//! this mesh over mTLS is that identity — when renewal is enabled at all (it is opt-in: tokens
+//! are the credential), when the certificate was issued by this CA's own signing certificate
+//! (not merely by something under the same root), and, in a cluster, while its ServiceAccount
+//! still exists.
 
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::CertificateDer;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::Api;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::{AuthError, Identity};
 use crate::ca::authority::unix_secs;
+
+/// A ServiceAccount lookup that takes longer fails (Unavailable), well inside the gRPC deadline.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks that the leaf of `chain` was issued by `signing_cert` itself (the CA signing now),
+/// is within its validity and carries the clientAuth usage. Intermediates the caller sent are
+/// ignored: our workload certificates are always signed directly by the signing certificate,
+/// so a leaf from a sibling intermediate under the same root (a plug-in CA's neighbour) fails
+/// here even though it verifies against the trust bundle.
+pub fn issued_by(
+    chain: &[CertificateDer<'_>],
+    signing_cert: &CertificateDer<'static>,
+    now: SystemTime,
+) -> Result<(), AuthError> {
+    let bad = |m: String| AuthError::Unauthenticated(format!("client certificate: {m}"));
+    let leaf = chain.first().ok_or_else(|| bad("none presented".into()))?;
+    let mut anchor = rustls::RootCertStore::empty();
+    anchor
+        .add(signing_cert.clone())
+        .map_err(|e| bad(format!("signing certificate unusable as an anchor: {e}")))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(anchor), provider)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let now = UnixTime::since_unix_epoch(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    verifier
+        .verify_client_cert(&leaf.clone().into_owned(), &[], now)
+        .map_err(|e| bad(format!("not issued by this CA's signing certificate: {e}")))?;
+    Ok(())
+}
+
+/// Whether a ServiceAccount still exists (renewal by certificate must stop when it is deleted).
+#[async_trait::async_trait]
+pub trait ServiceAccounts: Send + Sync {
+    /// `Ok(true)` when `identity`'s ServiceAccount exists, `Ok(false)` when it does not,
+    /// `Err(Unavailable)` when that cannot be told.
+    async fn exists(&self, identity: &Identity) -> Result<bool, AuthError>;
+}
+
+/// ServiceAccounts read from the API server (needs `get` on serviceaccounts).
+pub struct KubeServiceAccounts {
+    client: kube::Client,
+}
+
+impl KubeServiceAccounts {
+    /// Looks ServiceAccounts up through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait::async_trait]
+impl ServiceAccounts for KubeServiceAccounts {
+    async fn exists(&self, identity: &Identity) -> Result<bool, AuthError> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), identity.namespace());
+        let unavailable =
+            |m: String| AuthError::Unavailable(format!("ServiceAccount {identity}: {m}"));
+        match tokio::time::timeout(
+            LOOKUP_TIMEOUT,
+            api.get_metadata_opt(identity.service_account()),
+        )
+        .await
+        {
+            Ok(Ok(found)) => Ok(found.is_some()),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable("lookup timed out".into())),
+        }
+    }
+}
 
 /// The identity in a peer's leaf certificate.
 ///

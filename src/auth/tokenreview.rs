@@ -2,21 +2,21 @@
 //!
 //! Istio's istiod sends one TokenReview per CSR and falls over at scale. Here: results are
 //! cached by SHA-256 of the token for at most `cache_ttl` (60 s) and never past the token's own
-//! `exp`; concurrent requests with the same token share one review; at most `max_in_flight`
+//! `exp`; concurrent requests with the same token share one review (a [`SingleFlight`] whose
+//! entry leaves with its last caller, answered or cancelled); at most `max_in_flight`
 //! reviews run at once and excess callers are shed (ResourceExhausted) after a short wait
 //! instead of queueing without bound. API-server failures fail closed (Unavailable).
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
-use tokio::sync::{Mutex, OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::cache::{Lookup, TokenCache, TokenHash};
 use super::{AuthError, Authenticator, Identity};
 use crate::metrics::AuthMetrics;
+use crate::singleflight::SingleFlight;
 
 /// Tuning of the TokenReview authenticator.
 #[derive(Clone, Debug)]
@@ -46,14 +46,12 @@ impl Default for TokenReviewConfig {
     }
 }
 
-type Shared = Arc<OnceCell<Result<Identity, AuthError>>>;
-
 /// See the module documentation.
 pub struct TokenReviewAuthenticator {
     api: Api<TokenReview>,
     config: TokenReviewConfig,
     cache: TokenCache,
-    in_flight: Mutex<HashMap<TokenHash, Shared>>,
+    in_flight: SingleFlight<TokenHash, Result<Identity, AuthError>>,
     permits: Semaphore,
     metrics: AuthMetrics,
 }
@@ -65,7 +63,7 @@ impl TokenReviewAuthenticator {
             permits: Semaphore::new(config.max_in_flight.max(1)),
             cache: TokenCache::new(config.cache_ttl, config.max_cache_entries),
             config,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: SingleFlight::new(),
             metrics,
         }
     }
@@ -133,18 +131,18 @@ impl Authenticator for TokenReviewAuthenticator {
             Lookup::Hit(id) => return Ok(id),
             Lookup::Miss(key) => key,
         };
-        let shared: Shared = self.in_flight.lock().await.entry(key).or_default().clone();
-        let result = shared.get_or_init(|| self.review(token)).await.clone();
-        // Cache before leaving the in-flight map, so a caller arriving in between finds one
-        // or the other and never starts a second review.
-        if let Ok(id) = &result {
-            self.cache.put(key, token, id.clone()).await;
-        }
-        let mut in_flight = self.in_flight.lock().await;
-        if in_flight.get(&key).is_some_and(|s| Arc::ptr_eq(s, &shared)) {
-            in_flight.remove(&key);
-        }
-        result
+        // Cached inside the shared review, before any caller sees the result, so a caller
+        // arriving after the in-flight entry is gone finds the cache and never starts a second
+        // review.
+        self.in_flight
+            .run(key, || async {
+                let result = self.review(token).await;
+                if let Ok(id) = &result {
+                    self.cache.put(key, token, id.clone()).await;
+                }
+                result
+            })
+            .await
     }
 }
 

@@ -1,6 +1,8 @@
 //! tower-test scenarios against a mocked API server: exact requests, each kind of answer,
 //! caching, single-flight and load shedding.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::auth::cache::sha256;
 use http::{Method, Request, Response, StatusCode};
@@ -172,14 +174,8 @@ async fn concurrent_identical_tokens_share_one_review() {
     let key = sha256("same-token");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let joined = auth
-            .in_flight
-            .lock()
-            .await
-            .get(&key)
-            .map(Arc::strong_count)
-            .unwrap_or(0);
-        if joined == N + 1 {
+        let joined = auth.in_flight.waiters(&key);
+        if joined == N {
             break;
         }
         assert!(Instant::now() < deadline, "only {joined} joined");
@@ -199,8 +195,36 @@ async fn concurrent_identical_tokens_share_one_review() {
             Identity::new("ns", "sa").unwrap()
         );
     }
-    assert!(auth.in_flight.lock().await.is_empty());
+    assert!(auth.in_flight.is_empty());
     no_more_requests(&mut handle, auth).await;
+}
+
+/// A caller cancelled while the API server stalls (client reset, gRPC deadline) must not leave
+/// its in-flight entry behind: one entry per distinct token, forever, was the leak.
+#[tokio::test]
+async fn a_cancelled_review_leaves_nothing_in_flight() {
+    let (auth, mut handle, _) = setup(TokenReviewConfig::default());
+    for token in ["stalled-1", "stalled-2"] {
+        let caller = {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.authenticate(token).await })
+        };
+        // The review reached the API server, which never answers.
+        let (_req, _never_answered) = handle.next_request().await.expect("a TokenReview");
+        assert_eq!(auth.in_flight.len(), 1);
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        assert!(auth.in_flight.is_empty(), "{token} left behind");
+    }
+    // Dropping the request future in place (what a deadline around the call does) is the same.
+    let mut call = Box::pin(auth.authenticate("stalled-3"));
+    let (_req, _never_answered) = tokio::select! {
+        _ = &mut call => panic!("answered without the API server"),
+        request = handle.next_request() => request.expect("a TokenReview"),
+    };
+    assert_eq!(auth.in_flight.len(), 1);
+    drop(call);
+    assert!(auth.in_flight.is_empty());
 }
 
 #[tokio::test]

@@ -101,10 +101,74 @@ fn authority_adds_a_renewed_root_to_the_bundle() {
     let changes = authority.subscribe_bundle();
     let second = make(now);
     let second_root = second.root().clone();
-    authority.set_signing(second);
+    authority.set_signing(second).unwrap();
     assert!(changes.has_changed().unwrap());
     assert_eq!(authority.trust_bundle().roots().len(), 2);
     assert_eq!(authority.signing().root(), &second_root);
+}
+
+/// A root that cannot be distributed must not start signing: the error surfaces and the old
+/// CA keeps signing (was: the insert error became `false` and the signer switched anyway).
+#[test]
+fn a_root_that_cannot_join_the_bundle_does_not_start_signing() {
+    let now = SystemTime::now();
+    let make = |t| {
+        let (key, cert) = authority::generate_root(t).unwrap();
+        SigningCa::new(
+            &key,
+            pem::parse_certs(cert.as_bytes()).unwrap().remove(0),
+            vec![],
+        )
+        .unwrap()
+    };
+    let first = make(now);
+    let first_root = first.root().clone();
+    let mut bundle = TrustBundle::new(first_root.clone());
+    for i in 1..crate::ca::bundle::MAX_ROOTS {
+        bundle.add(vec![i as u8].into()).unwrap();
+    }
+    let authority = Authority::new(
+        first,
+        bundle.clone(),
+        IssuancePolicy::default(),
+        crate::metrics::CaMetrics::default(),
+    );
+    let changes = authority.subscribe_bundle();
+    assert_eq!(
+        authority.set_signing(make(now)),
+        Err(crate::ca::bundle::BundleError::TooMany)
+    );
+    assert!(!changes.has_changed().unwrap());
+    assert_eq!(authority.trust_bundle(), bundle);
+    assert_eq!(authority.signing().root(), &first_root);
+}
+
+#[test]
+fn debug_of_ca_material_never_shows_a_private_key() {
+    let (key, cert) = authority::generate_root(SystemTime::now()).unwrap();
+    let signing = SigningCa::new(
+        &key,
+        pem::parse_certs(cert.as_bytes()).unwrap().remove(0),
+        vec![],
+    )
+    .unwrap();
+    let stored = StoredCa {
+        key_pem: key.clone(),
+        cert_pem: cert,
+        version: None,
+    };
+    let workload = crate::ca::client::WorkloadCertificate {
+        key_pem: key,
+        chain_pem: vec![],
+        spiffe_id: "spiffe://cluster.local/ns/a/sa/b".into(),
+    };
+    for shown in [
+        format!("{signing:?} {signing:#?}"),
+        format!("{stored:?} {stored:#?}"),
+        format!("{workload:?} {workload:#?}"),
+    ] {
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
 }
 
 #[tokio::test]

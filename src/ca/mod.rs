@@ -34,6 +34,8 @@ pub enum BootstrapError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Plugin(#[from] plugin::PluginError),
+    #[error("the new root cannot join the trust bundle ({0}); still signing with the old CA")]
+    Bundle(#[from] bundle::BundleError),
 }
 
 /// The running CA: the current signing CA and trust bundle (swapped atomically on renewal),
@@ -86,16 +88,31 @@ impl Authority {
         self.bundle.subscribe()
     }
 
-    /// Swaps in a renewed signing CA; its root joins the trust bundle (old roots stay until
-    /// they are removed explicitly, so certificates they signed keep verifying).
-    pub fn set_signing(&self, ca: SigningCa) {
+    /// Swaps in a renewed signing CA; its root joins the trust bundle first (old roots stay
+    /// until they are removed explicitly, so certificates they signed keep verifying).
+    ///
+    /// Fails closed: when the root cannot join the bundle (it is full), the signer is NOT
+    /// switched, because workloads would reject everything the new CA signs. The error is
+    /// logged here and returned.
+    pub fn set_signing(&self, ca: SigningCa) -> Result<(), bundle::BundleError> {
         let root = ca.root().clone();
+        let mut refused = None;
+        self.bundle.send_if_modified(|b| match b.add(root) {
+            Ok(added) => added,
+            Err(e) => {
+                refused = Some(e);
+                false
+            }
+        });
+        if let Some(e) = refused {
+            tracing::error!(error = %e, "new signing CA refused: its root cannot be distributed");
+            return Err(e);
+        }
         self.metrics
             .root_expiry_seconds
             .set(authority::unix_secs(ca.not_after()));
         self.signing.send_replace(Arc::new(ca));
-        self.bundle
-            .send_if_modified(|b| b.add(root).unwrap_or(false));
+        Ok(())
     }
 
     /// Issues a workload certificate for an authenticated `identity`, counting and logging the
@@ -241,7 +258,7 @@ async fn renew_once(authority: &Authority, store: &dyn KeyStore) -> Result<(), B
     let stored = renew_if_due(store, stored, SystemTime::now()).await?;
     let ca = signing_from_stored(&stored)?;
     if ca.cert_der() != authority.signing().cert_der() {
-        authority.set_signing(ca);
+        authority.set_signing(ca)?;
     }
     Ok(())
 }

@@ -5,11 +5,22 @@ use std::path::{Path, PathBuf};
 
 /// The persisted self-signed CA: PEM key and certificate, plus the store's version token
 /// (a Kubernetes resourceVersion; unused by the directory store).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredCa {
     pub key_pem: String,
     pub cert_pem: String,
     pub version: Option<String>,
+}
+
+/// The key never appears in logs or panic messages: `Debug` says only that one is there.
+impl std::fmt::Debug for StoredCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCa")
+            .field("key_pem", &"<redacted>")
+            .field("cert_pem", &self.cert_pem)
+            .field("version", &self.version)
+            .finish()
+    }
 }
 
 /// Why the store could not be used. All of them stop the CA from starting: no fallback to a
@@ -40,13 +51,17 @@ pub trait KeyStore: Send + Sync {
     async fn load(&self) -> Result<Option<StoredCa>, StoreError>;
     /// Stores `ca` unless something is stored already; returns what is stored afterwards.
     async fn create_if_absent(&self, ca: &StoredCa) -> Result<StoredCa, StoreError>;
-    /// Replaces `current` with `new` (a re-issued certificate). When someone else replaced it
-    /// first, returns their version instead.
+    /// Replaces `current` with `new` (a re-issued certificate) only if the store still holds
+    /// `current` (compare-and-swap). When someone else replaced it first, nothing is written
+    /// and their version is returned instead.
     async fn replace(&self, current: &StoredCa, new: &StoredCa) -> Result<StoredCa, StoreError>;
 }
 
 const KEY_FILE: &str = "ca-key.pem";
 const CERT_FILE: &str = "ca-cert.pem";
+/// Lock file inside `ca/` that serialises replacements (flock(2), held only while comparing
+/// and swapping), so the compare-and-swap holds across threads and processes.
+const LOCK_FILE: &str = ".lock";
 /// CA files are small; a bigger file is not ours.
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -117,17 +132,46 @@ impl DirStore {
             .ok_or_else(|| StoreError::Malformed("CA vanished after create".into()))
     }
 
-    fn replace_sync(&self, new: &StoredCa) -> Result<StoredCa, StoreError> {
+    fn replace_sync(&self, current: &StoredCa, new: &StoredCa) -> Result<StoredCa, StoreError> {
+        let dir = self.ca_dir();
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = open_lock(&lock_path)?;
+        lock.lock().map_err(Self::io(&lock_path))?;
+        let stored = self
+            .load_sync()?
+            .ok_or_else(|| StoreError::Malformed("CA vanished before replace".into()))?;
+        if stored.key_pem != current.key_pem || stored.cert_pem != current.cert_pem {
+            // Someone else replaced it first: theirs stands, ours is not written.
+            return Ok(stored);
+        }
         // The key never changes on re-issue, so replacing the certificate file atomically
         // (write + rename) is the whole update.
-        let dir = self.ca_dir();
         let tmp = dir.join(format!(".{CERT_FILE}.{}", unique_suffix()));
         write_private(&tmp, new.cert_pem.as_bytes())?;
         let target = dir.join(CERT_FILE);
-        std::fs::rename(&tmp, &target).map_err(Self::io(&target))?;
-        self.load_sync()?
-            .ok_or_else(|| StoreError::Malformed("CA vanished after replace".into()))
+        if let Err(e) = std::fs::rename(&tmp, &target) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Self::io(&target)(e));
+        }
+        let replaced = self.load_sync()?;
+        drop(lock);
+        replaced.ok_or_else(|| StoreError::Malformed("CA vanished after replace".into()))
     }
+}
+
+/// Opens (creating, 0600) the lock file of a replacement.
+fn open_lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn unique_suffix() -> String {
@@ -139,22 +183,26 @@ fn unique_suffix() -> String {
     crate::hex(&b)
 }
 
-/// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8.
+/// Reads a file of at most [`MAX_FILE_BYTES`] as UTF-8, with the crate's one bounded reader
+/// (it stops after the bound, so a file growing between a size check and the read cannot
+/// make us hold more).
 pub(crate) fn read_bounded(path: &Path) -> Result<String, StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(StoreError::Malformed(format!(
-            "{} is {len} bytes, more than {MAX_FILE_BYTES}",
+    let file = std::fs::File::open(path).map_err(io)?;
+    match crate::read_text_limited(file, MAX_FILE_BYTES) {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => Err(StoreError::Malformed(format!(
+            "{} is more than {MAX_FILE_BYTES} bytes",
             path.display()
-        )));
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(StoreError::Malformed(
+            format!("{} is not UTF-8", path.display()),
+        )),
+        Err(e) => Err(io(e)),
     }
-    let bytes = std::fs::read(path).map_err(io)?;
-    String::from_utf8(bytes)
-        .map_err(|_| StoreError::Malformed(format!("{} is not UTF-8", path.display())))
 }
 
 /// Creates `dir` (and parents) as 0700 if missing; an existing directory is left as it is.
@@ -213,9 +261,9 @@ impl KeyStore for DirStore {
         blocking(move || this.create_sync(&ca)).await
     }
 
-    async fn replace(&self, _current: &StoredCa, new: &StoredCa) -> Result<StoredCa, StoreError> {
-        let (this, new) = (self.clone(), new.clone());
-        blocking(move || this.replace_sync(&new)).await
+    async fn replace(&self, current: &StoredCa, new: &StoredCa) -> Result<StoredCa, StoreError> {
+        let (this, current, new) = (self.clone(), current.clone(), new.clone());
+        blocking(move || this.replace_sync(&current, &new)).await
     }
 }
 
@@ -284,10 +332,74 @@ mod tests {
     }
 
     #[test]
+    fn racing_replacers_leave_one_winner_and_one_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let current = store.create_sync(&ca(1)).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<(StoredCa, StoredCa)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["mine", "theirs"]
+                .map(|cert| {
+                    let (store, current, barrier) = (store.clone(), current.clone(), &barrier);
+                    s.spawn(move || {
+                        let new = StoredCa {
+                            cert_pem: cert.into(),
+                            ..current.clone()
+                        };
+                        barrier.wait();
+                        let got = store.replace_sync(&current, &new).unwrap();
+                        (new, got)
+                    })
+                })
+                .into_iter()
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let winners = results.iter().filter(|(new, got)| new == got).count();
+        assert_eq!(winners, 1, "{results:?}");
+        // The loser got the winner's version back, which is what the store holds.
+        assert_eq!(results[0].1, results[1].1);
+        assert_eq!(store.load_sync().unwrap(), Some(results[0].1.clone()));
+    }
+
+    #[test]
+    fn replace_of_a_stale_version_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let current = store.create_sync(&ca(1)).unwrap();
+        let stale = StoredCa {
+            cert_pem: "an older certificate".into(),
+            ..current.clone()
+        };
+        let new = StoredCa {
+            cert_pem: "new".into(),
+            ..current.clone()
+        };
+        assert_eq!(store.replace_sync(&stale, &new).unwrap(), current);
+        assert_eq!(store.load_sync().unwrap(), Some(current));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let stored = StoredCa {
+            key_pem: "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n".into(),
+            ..ca(1)
+        };
+        let shown = format!("{stored:?} {stored:#?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
     fn oversize_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("big");
         std::fs::write(&p, vec![b'a'; (MAX_FILE_BYTES + 1) as usize]).unwrap();
         assert!(matches!(read_bounded(&p), Err(StoreError::Malformed(_))));
+        std::fs::write(&p, [0xff, 0xfe]).unwrap();
+        assert!(matches!(read_bounded(&p), Err(StoreError::Malformed(m)) if m.contains("UTF-8")));
     }
 }

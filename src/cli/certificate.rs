@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 
-use crate::ca::client::{CaClient, KeyAlgorithm};
+use crate::ca::client::{CaClient, ExpectedIdentity, KeyAlgorithm};
 
 /// Largest token accepted from a file or stdin (a projected token is about 1 KiB).
 const MAX_TOKEN_BYTES: u64 = 64 * 1024;
@@ -37,6 +37,9 @@ pub struct Args {
     /// Requested lifetime (default: the CA's, 24h unless configured otherwise).
     #[arg(long, value_parser = super::duration::parse)]
     pub ttl: Option<Duration>,
+    /// Trust domain the issued SPIFFE ID must belong to (the chain is refused otherwise).
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
     /// Write `key.pem` (0600) and `cert-chain.pem` here; without it, only the summary prints.
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
@@ -71,7 +74,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let issued = runtime.block_on(async {
         let mut client = CaClient::connect(&args.ca_addr, &root_pem, &server_name).await?;
-        client.request(&token, algorithm, args.ttl).await
+        let expected = ExpectedIdentity::AnyIn {
+            trust_domain: args.trust_domain.clone(),
+        };
+        client.request(&token, algorithm, args.ttl, &expected).await
     })?;
     let leaf = CertificateDer::from_pem_slice(issued.chain_pem[0].as_bytes())
         .context("the CA's leaf certificate is not PEM")?;

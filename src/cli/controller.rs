@@ -56,6 +56,24 @@ pub struct Args {
     /// Longest lifetime a request may ask for (longer requests are rejected).
     #[arg(long, default_value = "90d", value_parser = super::duration::parse)]
     pub max_ttl: Duration,
+    /// Let workloads renew with their current certificate instead of a token. The new
+    /// certificate then lives at most --default-ttl, must renew one issued by this CA's own
+    /// signing certificate, and (in a cluster) its ServiceAccount must still exist.
+    #[arg(long)]
+    pub allow_certificate_renewal: bool,
+    /// Most gRPC connections open at once (each proxy keeps one); new ones beyond it are
+    /// closed on arrival and counted in palisade_grpc_connections_rejected_total.
+    #[arg(long, default_value_t = server::DEFAULT_MAX_GRPC_CONNECTIONS,
+          value_parser = connection_count)]
+    pub max_grpc_connections: usize,
+}
+
+/// A connection cap: a whole number of at least 1.
+fn connection_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{text:?} is not a whole number of at least 1")),
+    }
 }
 
 impl Args {
@@ -83,6 +101,8 @@ impl Args {
             },
             audiences: self.audiences.clone(),
             injection,
+            allow_certificate_renewal: self.allow_certificate_renewal,
+            max_grpc_connections: self.max_grpc_connections,
         })
     }
 

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Authenticator;
 use crate::auth::cache::CachingAuthenticator;
 use crate::auth::jwt::{JwtError, LocalJwtKey};
+use crate::auth::peer::{KubeServiceAccounts, ServiceAccounts};
 use crate::auth::tokenreview::{TokenReviewAuthenticator, TokenReviewConfig};
 use crate::ca::kube_store::KubeSecretStore;
 use crate::ca::serving::{self, ServingResolver, ServingSpec};
@@ -28,11 +29,17 @@ use crate::controller::dir_source::DirSource;
 use crate::controller::inventory::{Inventory, Source};
 use crate::controller::kube_source::KubeSource;
 use crate::policy::MeshConfig;
+use crate::xds::ca_service::CertificateRenewal;
 use crate::xds::registry::Registry;
 use crate::xds::{AdsService, CaService, SdsService};
 
 /// File in the state directory holding the trust bundle clients need (standalone mode).
 pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// Default cap on open gRPC connections: 10,000 proxies (one connection each) plus headroom
+/// for restarts, rollouts and tools.
+pub const DEFAULT_MAX_GRPC_CONNECTIONS: usize = 16_384;
+/// Most concurrent requests (and HTTP/2 streams) on one gRPC connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
 /// Where and how the control plane runs.
 #[derive(Clone, Debug)]
@@ -51,6 +58,11 @@ pub struct Config {
     pub audiences: Vec<String>,
     /// What the injection webhook puts into pods.
     pub injection: crate::webhook::InjectionConfig,
+    /// Let callers renew with a workload client certificate instead of a token (off: tokens
+    /// are the credential). See [`crate::xds::ca_service::CertificateRenewal`].
+    pub allow_certificate_renewal: bool,
+    /// Most gRPC connections open at once; beyond it new ones are closed on arrival.
+    pub max_grpc_connections: usize,
 }
 
 impl Default for Config {
@@ -66,6 +78,8 @@ impl Default for Config {
             policy: IssuancePolicy::default(),
             audiences: vec!["palisade-ca".into()],
             injection: crate::webhook::InjectionConfig::default(),
+            allow_certificate_renewal: false,
+            max_grpc_connections: DEFAULT_MAX_GRPC_CONNECTIONS,
         }
     }
 }
@@ -335,10 +349,31 @@ pub async fn start_with_client(
     };
 
     let (grpc_listener, grpc_addr) = bind(config.grpc_addr, "gRPC listener").await?;
-    let incoming =
-        tokio_stream::wrappers::ReceiverStream::new(tls::incoming(grpc_listener, Arc::new(tls)));
-    let ca_service = CaService::new(authority.clone(), authenticator.clone()).into_server();
-    let sds = SdsService::new(authority.clone(), authenticator, metrics.xds.clone()).into_server();
+    // Established connections are capped as well as handshakes: each proxy keeps one open,
+    // and idle connections must not pile up without bound.
+    let cap = tls::ConnectionCap {
+        max: config.max_grpc_connections,
+        listener: "gRPC",
+        rejected: metrics.grpc.connections_rejected.clone(),
+        open: metrics.grpc.connections_open.clone(),
+    };
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(tls::incoming_capped(
+        grpc_listener,
+        Arc::new(tls),
+        cap,
+    ));
+    let renewal = match (config.allow_certificate_renewal, &client) {
+        (false, _) => CertificateRenewal::Disabled,
+        (true, client) => CertificateRenewal::Enabled {
+            service_accounts: client.as_ref().map(|client| {
+                Arc::new(KubeServiceAccounts::new(client.clone())) as Arc<dyn ServiceAccounts>
+            }),
+        },
+    };
+    // One CaService decides who every caller is, for CreateCertificate and SDS alike.
+    let ca = CaService::new(authority.clone(), authenticator).with_certificate_renewal(renewal);
+    let sds = SdsService::new(ca.clone(), metrics.xds.clone()).into_server();
+    let ca_service = ca.into_server();
     let ads = AdsService::new(
         Arc::new(registry.clone()),
         config.policy.trust_domain.clone(),
@@ -347,8 +382,8 @@ pub async fn start_with_client(
     .into_server();
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))
-        .concurrency_limit_per_connection(256)
-        .max_concurrent_streams(256)
+        .concurrency_limit_per_connection(MAX_STREAMS_PER_CONNECTION as usize)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         // Headers carry the bearer token (<= 16 KiB, checked later with a clear error); the
         // header list as a whole is capped so no caller can make us hold more.
         .http2_max_header_list_size(32 * 1024)

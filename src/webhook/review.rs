@@ -115,6 +115,14 @@ pub fn parse(body: &[u8]) -> Result<Request, ReviewError> {
                     .filter(|n| !n.is_empty())
                     .or_else(|| pod.metadata.namespace.clone());
                 match namespace {
+                    // It becomes part of an API URL and a cache key: only a real namespace
+                    // name goes on.
+                    Some(namespace) if !super::namespaces::is_dns1123_label(&namespace) => {
+                        Target::Unreadable(format!(
+                            "namespace {:?} is not a valid namespace name (a DNS-1123 label)",
+                            super::namespaces::shown(&namespace)
+                        ))
+                    }
                     Some(namespace) => Target::PodCreate {
                         pod: Box::new(pod),
                         namespace,
@@ -278,6 +286,28 @@ mod tests {
             parse(&review(update)).unwrap().target,
             Target::Other(_)
         ));
+        for bad in ["../x?y", "a/b", "Shop", "n".repeat(64).as_str()] {
+            let mut request = pod_request(json!({"spec": {"containers": []}}));
+            request["namespace"] = json!(bad);
+            assert!(
+                matches!(
+                    parse(&review(request)).unwrap().target,
+                    Target::Unreadable(ref m) if m.contains("not a valid namespace name")
+                ),
+                "{bad}"
+            );
+            // The object's own namespace is held to the same rule when the request has none.
+            let mut request = pod_request(json!({"metadata": {"namespace": bad},
+                "spec": {"containers": []}}));
+            request["namespace"] = json!("");
+            assert!(
+                matches!(
+                    parse(&review(request)).unwrap().target,
+                    Target::Unreadable(ref m) if m.contains("not a valid namespace name")
+                ),
+                "{bad}"
+            );
+        }
         let mut no_ns = pod_request(json!({"spec": {"containers": []}}));
         no_ns["namespace"] = json!("");
         assert!(matches!(

@@ -153,3 +153,34 @@ mod never_panics {
         }
     }
 }
+
+/// Counts lookups: a namespace that is not a DNS-1123 label must be denied before any.
+struct Counting(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl NamespaceLabels for Counting {
+    async fn labels(&self, _: &str) -> Result<Labels, NamespaceError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(BTreeMap::new())
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_namespace_is_denied_before_any_lookup() {
+    let lookups = Arc::new(Counting(Default::default()));
+    let injector = injector(lookups.clone());
+    let mut body: Value = serde_json::from_slice(&review()).unwrap();
+    body["request"]["namespace"] = json!("../x?y");
+    let answer: Value = serde_json::from_slice(
+        &injector
+            .review(&serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+    assert_eq!(answer["response"]["status"]["code"], 400);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("not a valid namespace name"), "{message}");
+    assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -73,16 +73,13 @@ struct Leaf {
 }
 
 impl SdsService {
-    /// Serves secrets issued by `authority` to callers `authenticator` (or a client certificate)
-    /// identifies.
-    pub fn new(
-        authority: Arc<Authority>,
-        authenticator: Arc<dyn Authenticator>,
-        metrics: XdsMetrics,
-    ) -> Self {
+    /// Serves secrets issued by the CA behind `ca` to the callers `ca` identifies (the same
+    /// rules as `CreateCertificate`: a bearer token, or a client certificate when renewal by
+    /// certificate is enabled).
+    pub fn new(ca: CaService, metrics: XdsMetrics) -> Self {
         Self {
-            ca: CaService::new(authority.clone(), authenticator),
-            authority,
+            authority: ca.authority().clone(),
+            ca,
             metrics,
         }
     }
@@ -94,7 +91,7 @@ impl SdsService {
 
     /// Who the caller is; refusals are counted, logged in detail and answered without it.
     async fn authenticate<T>(&self, request: &Request<T>, peer: &str) -> Result<Identity, Status> {
-        self.ca.identify(request).await.map_err(|e| {
+        self.ca.identify(request).await.map(|caller| caller.identity).map_err(|e| {
             tracing::info!(peer, error = %e, "SDS caller not authenticated");
             let (reason, status) = match e {
                 AuthError::Unauthenticated(_) => (

@@ -240,33 +240,68 @@ async fn bad_requests_are_invalid_argument() {
     running.shutdown().await.unwrap();
 }
 
+fn lifetime_of(leaf_pem: &str) -> Duration {
+    let der = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let v = cert.validity();
+    Duration::from_secs((v.not_after.timestamp() - v.not_before.timestamp()) as u64)
+}
+
+/// Renewal with a workload certificate over real mTLS: refused unless enabled, and when enabled
+/// a request for 90 days gets at most the default TTL (plus the 2-minute backdate).
 #[tokio::test]
 async fn renewal_with_a_workload_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let running = start(dir.path()).await;
-    let mut ca = client(&running, dir.path(), None).await;
-    let (key, first_csr) = csr();
-    let tok = token(dir.path(), "shop", "cart", "palisade-ca");
-    let first = ca
-        .create_certificate(request(&first_csr, 0, Some(&tok)))
-        .await
-        .unwrap();
-    let leaf = first.into_inner().cert_chain.remove(0);
+    const NINETY_DAYS: i64 = 90 * 24 * 3600;
+    for enabled in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = palisade::server::Config {
+            allow_certificate_renewal: enabled,
+            ..support::standalone_config(dir.path())
+        };
+        let running = server::start(config).await.unwrap();
+        let mut ca = client(&running, dir.path(), None).await;
+        let (key, first_csr) = csr();
+        let tok = token(dir.path(), "shop", "cart", "palisade-ca");
+        let first = ca
+            .create_certificate(request(&first_csr, 3600, Some(&tok)))
+            .await
+            .unwrap();
+        let leaf = first.into_inner().cert_chain.remove(0);
 
-    // Present the issued certificate over mTLS, no token: that is the identity.
-    let mut renewing = client(&running, dir.path(), Some((leaf, key.serialize_pem()))).await;
-    let (_new_key, new_csr) = csr();
-    let renewed = renewing
-        .create_certificate(request(&new_csr, 3600, None))
-        .await
-        .unwrap();
-    let chain = renewed.into_inner().cert_chain;
-    assert_eq!(
-        spiffe_of(&chain[0]),
-        "spiffe://cluster.local/ns/shop/sa/cart"
-    );
-    verify_chain(&chain, &root_pem(dir.path()));
-    running.shutdown().await.unwrap();
+        // Present the issued certificate over mTLS, no token.
+        let mut renewing = client(&running, dir.path(), Some((leaf, key.serialize_pem()))).await;
+        let (_new_key, new_csr) = csr();
+        let renewed = renewing
+            .create_certificate(request(&new_csr, NINETY_DAYS, None))
+            .await;
+        if !enabled {
+            let status = renewed.unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+            assert_eq!(status.message(), "unauthenticated");
+            running.shutdown().await.unwrap();
+            continue;
+        }
+        let chain = renewed.unwrap().into_inner().cert_chain;
+        assert_eq!(
+            spiffe_of(&chain[0]),
+            "spiffe://cluster.local/ns/shop/sa/cart"
+        );
+        verify_chain(&chain, &root_pem(dir.path()));
+        let lifetime = lifetime_of(&chain[0]);
+        assert!(
+            lifetime <= Duration::from_secs(24 * 3600 + 120),
+            "renewal lives {lifetime:?}"
+        );
+        // A token may still ask for 90 days.
+        let (_k, token_csr) = csr();
+        let by_token = ca
+            .create_certificate(request(&token_csr, NINETY_DAYS, Some(&tok)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(lifetime_of(&by_token.cert_chain[0]) > Duration::from_secs(89 * 24 * 3600));
+        running.shutdown().await.unwrap();
+    }
 }
 
 #[tokio::test]

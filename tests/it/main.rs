@@ -6,6 +6,7 @@ mod certificate_cli;
 mod chart;
 mod crds;
 mod explain;
+mod grpc_limits;
 mod init_netns;
 mod sds;
 mod support;

@@ -334,7 +334,7 @@ async fn a_root_added_later_is_trusted_without_restart() {
     let identity = (issued.chain_pem.concat(), key.serialize_pem());
     let refused = fetch_by_certificate(&plane, &identity).await;
     assert!(refused.is_err(), "not trusted yet: {refused:?}");
-    plane.authority.set_signing(later);
+    plane.authority.set_signing(later).unwrap();
     assert_eq!(
         fetch_by_certificate(&plane, &identity).await,
         Ok("spiffe://cluster.local/ns/shop/sa/web".to_string())

@@ -484,4 +484,27 @@ mod controller_flags {
         let err = format!("{:#}", config(&base).unwrap_err());
         assert!(err.contains("imagePullPolicy"), "{err}");
     }
+
+    #[test]
+    fn certificate_renewal_is_opt_in_and_grpc_connections_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, c) = (dir.path().join("state"), dir.path().join("config"));
+        let (s, c) = (s.to_str().unwrap(), c.to_str().unwrap());
+        let base = ["--standalone", "--state-dir", s, "--config-dir", c];
+        let cfg = config(&base).unwrap();
+        assert!(!cfg.allow_certificate_renewal);
+        assert!(cfg.max_grpc_connections > 10_000, "room for 10,000 proxies");
+        let flags = [
+            "--allow-certificate-renewal",
+            "--max-grpc-connections",
+            "100",
+        ];
+        let cfg = config(&[&base[..], &flags].concat()).unwrap();
+        assert!(cfg.allow_certificate_renewal);
+        assert_eq!(cfg.max_grpc_connections, 100);
+        for bad in ["0", "-1", "many"] {
+            let flags = ["--max-grpc-connections", bad];
+            assert!(config(&[&base[..], &flags].concat()).is_err(), "{bad}");
+        }
+    }
 }

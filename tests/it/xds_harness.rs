@@ -204,7 +204,13 @@ pub async fn start(policy: IssuancePolicy) -> Plane {
     metrics.register(&mut prometheus);
     let trust_domain = authority.policy().trust_domain.clone();
     let ads = AdsService::new(registry.clone(), trust_domain, metrics.clone());
-    let sds = SdsService::new(authority.clone(), Arc::new(tokens.clone()), metrics.clone());
+    // SDS follows CreateCertificate's rules: certificate-authenticated callers only with
+    // renewal by certificate enabled (the tests below use both credentials).
+    let ca = palisade::xds::CaService::new(authority.clone(), Arc::new(tokens.clone()))
+        .with_certificate_renewal(palisade::xds::ca_service::CertificateRenewal::Enabled {
+            service_accounts: None,
+        });
+    let sds = SdsService::new(ca, metrics.clone());
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(256)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
