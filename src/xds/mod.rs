@@ -2,6 +2,8 @@
 //! distribution over ADS.
 
 pub mod ca_service;
+pub mod registry;
+pub mod view;
 pub mod views;
 
 /// Messages and service stubs generated from `proto/` at build time (protox, no protoc).
