@@ -96,6 +96,8 @@ pub struct Metrics {
     pub ca: CaMetrics,
     pub auth: AuthMetrics,
     pub webhook: crate::webhook::WebhookMetrics,
+    /// xDS streams (ADS, SDS): connections, pushes, NACKs.
+    pub xds: crate::xds::XdsMetrics,
 }
 
 impl Default for Metrics {
@@ -151,11 +153,14 @@ impl Metrics {
         );
         let webhook = crate::webhook::WebhookMetrics::default();
         webhook.register(&mut registry);
+        let xds = crate::xds::XdsMetrics::default();
+        xds.register(&mut registry);
         Self {
             registry,
             ca,
             auth,
             webhook,
+            xds,
         }
     }
 

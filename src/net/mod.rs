@@ -3,6 +3,7 @@
 //! `server` (the composition root) and the individual servers (`webhook`, `xds`), so none of
 //! them imports another's module for it.
 
+pub mod client_trust;
 pub mod tls;
 
 use std::net::SocketAddr;

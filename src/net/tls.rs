@@ -20,23 +20,51 @@ const MAX_HANDSHAKES: usize = 512;
 
 /// Builds the server configuration. With `client_roots`, client certificates are requested and,
 /// when presented, must chain to those roots; clients without one are still accepted (they
-/// authenticate with a bearer token instead).
+/// authenticate with a bearer token instead). The roots are fixed: a listener that must follow
+/// trust-bundle changes uses [`server_config_live_trust`].
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
     client_roots: Option<RootCertStore>,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match client_roots {
-        Some(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+    let verifier = match client_roots {
+        Some(roots) => Some(
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+                .map_err(|e| rustls::Error::General(e.to_string()))?,
+        ),
+        None => None,
+    };
+    config_with(provider, resolver, verifier, alpn)
+}
+
+/// [`server_config`] whose client-certificate verifier follows `bundle`: every handshake
+/// verifies against the trust bundle current at that moment (no restart after a change).
+pub fn server_config_live_trust(
+    resolver: Arc<dyn ResolvesServerCert>,
+    bundle: tokio::sync::watch::Receiver<crate::ca::TrustBundle>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(super::client_trust::LiveClientVerifier::new(
+        bundle,
+        provider.clone(),
+    ));
+    config_with(provider, resolver, Some(verifier), alpn)
+}
+
+fn config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    resolver: Arc<dyn ResolvesServerCert>,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, rustls::Error> {
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);

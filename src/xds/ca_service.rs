@@ -68,7 +68,7 @@ impl CaService {
         IstioCertificateServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
-    async fn identify<T>(&self, request: &Request<T>) -> Result<Identity, AuthError> {
+    pub(crate) async fn identify<T>(&self, request: &Request<T>) -> Result<Identity, AuthError> {
         if let Some(token) = bearer_token(request.metadata()) {
             return self.authenticator.authenticate(token?).await;
         }

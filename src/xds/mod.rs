@@ -1,8 +1,14 @@
 //! gRPC services of the control plane (tonic): the Istio-compatible CA service, SDS, and policy
 //! distribution over ADS.
 
+pub mod ads;
 pub mod ca_service;
+pub mod metrics;
+pub mod node;
 pub mod registry;
+pub mod sds;
+pub mod sotw;
+pub mod stream;
 pub mod view;
 pub mod views;
 
@@ -22,4 +28,7 @@ pub mod proto {
     }
 }
 
+pub use ads::AdsService;
 pub use ca_service::CaService;
+pub use metrics::XdsMetrics;
+pub use sds::SdsService;
