@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(protos, ["proto"])?;
     tonic_prost_build::configure()
+        // Maps as BTreeMap: the encoding of a palisade.v1 resource is then deterministic, and
+        // a view's version (a hash of the encoded content) changes only when the content does.
+        .btree_map(".palisade.v1")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -5,9 +5,11 @@ pub mod ads;
 pub mod ca_service;
 pub mod metrics;
 pub mod node;
+pub mod registry;
 pub mod sds;
 pub mod sotw;
 pub mod stream;
+pub mod view;
 pub mod views;
 
 /// Messages and service stubs generated from `proto/` at build time (protox, no protoc).
