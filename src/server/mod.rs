@@ -23,11 +23,11 @@ use crate::ca::serving::{self, ServingResolver, ServingSpec};
 use crate::ca::{
     Authority, BootstrapError, DirStore, IssuancePolicy, KeyStore, TrustBundle, plugin,
 };
-use crate::metrics::Metrics;
-use crate::net::{bind, tls};
 use crate::controller::dir_source::DirSource;
 use crate::controller::inventory::{Inventory, Source};
 use crate::controller::kube_source::KubeSource;
+use crate::metrics::Metrics;
+use crate::net::{bind, tls};
 use crate::policy::MeshConfig;
 use crate::xds::ca_service::CertificateRenewal;
 use crate::xds::registry::Registry;
@@ -341,7 +341,11 @@ pub async fn start_with_client(
         trust_domain: config.policy.trust_domain.clone(),
         ..MeshConfig::default()
     };
-    let registry = Registry::start(inventory.clone(), authority.subscribe_bundle(), mesh.clone());
+    let registry = Registry::start(
+        inventory.clone(),
+        authority.subscribe_bundle(),
+        mesh.clone(),
+    );
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -455,14 +459,13 @@ pub async fn start_with_client(
     let ready_flag = ready.clone();
     let mut ready_stop = shutdown_rx.clone();
     background.push(tokio::spawn(async move {
-        tokio::select! {
-            synced = synced.wait_for(|synced| *synced) => {
-                if synced.is_ok() && !*ready_stop.borrow() {
-                    ready_flag.store(true, Ordering::Release);
-                    tracing::info!("inventory synced: ready");
-                }
-            }
-            _ = ready_stop.wait_for(|stop| *stop) => {}
+        let became_synced = tokio::select! {
+            synced = synced.wait_for(|synced| *synced) => synced.is_ok(),
+            _ = ready_stop.wait_for(|stop| *stop) => false,
+        };
+        if became_synced && !*ready_stop.borrow() {
+            ready_flag.store(true, Ordering::Release);
+            tracing::info!("inventory synced: ready");
         }
     }));
     Ok(Running {
@@ -513,10 +516,7 @@ fn start_source(
     ServerError,
 > {
     let source: Box<dyn Source> = match (client, &config.config_dir) {
-        (Some(client), _) => Box::new(KubeSource::start(
-            client.clone(),
-            metrics.sources.clone(),
-        )),
+        (Some(client), _) => Box::new(KubeSource::start(client.clone(), metrics.sources.clone())),
         (None, Some(dir)) => Box::new(DirSource::start(dir.clone(), metrics.sources.clone())?),
         (None, None) => Box::new(EmptySource {
             inventory: watch::channel(Arc::new(Inventory::default())).0,

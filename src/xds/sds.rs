@@ -39,7 +39,7 @@ use super::CaService;
 use super::metrics::{XdsMetrics, XdsService};
 use super::sotw::{self, RequestKind, StreamState};
 use super::stream::{self, Outbox, ResponseStream};
-use crate::auth::{AuthError, Authenticator, Identity};
+use crate::auth::{AuthError, Identity};
 use crate::ca::Authority;
 
 /// The SDS type URL.
@@ -91,25 +91,29 @@ impl SdsService {
 
     /// Who the caller is; refusals are counted, logged in detail and answered without it.
     async fn authenticate<T>(&self, request: &Request<T>, peer: &str) -> Result<Identity, Status> {
-        self.ca.identify(request).await.map(|caller| caller.identity).map_err(|e| {
-            tracing::info!(peer, error = %e, "SDS caller not authenticated");
-            let (reason, status) = match e {
-                AuthError::Unauthenticated(_) => (
-                    "unauthenticated",
-                    Status::unauthenticated("unauthenticated"),
-                ),
-                AuthError::Unavailable(_) => (
-                    "auth_unavailable",
-                    Status::unavailable("authentication backend unavailable, retry later"),
-                ),
-                AuthError::Exhausted => (
-                    "shed",
-                    Status::resource_exhausted("overloaded, retry later"),
-                ),
-            };
-            self.metrics.refuse(SERVICE, reason);
-            status
-        })
+        self.ca
+            .identify(request)
+            .await
+            .map(|caller| caller.identity)
+            .map_err(|e| {
+                tracing::info!(peer, error = %e, "SDS caller not authenticated");
+                let (reason, status) = match e {
+                    AuthError::Unauthenticated(_) => (
+                        "unauthenticated",
+                        Status::unauthenticated("unauthenticated"),
+                    ),
+                    AuthError::Unavailable(_) => (
+                        "auth_unavailable",
+                        Status::unavailable("authentication backend unavailable, retry later"),
+                    ),
+                    AuthError::Exhausted => (
+                        "shed",
+                        Status::resource_exhausted("overloaded, retry later"),
+                    ),
+                };
+                self.metrics.refuse(SERVICE, reason);
+                status
+            })
     }
 
     /// A certificate for `identity` on a fresh key.

@@ -9,6 +9,7 @@ mod explain;
 mod grpc_limits;
 mod init_netns;
 mod sds;
+mod standalone_xds;
 mod support;
 mod webhook;
 mod webhook_https;

@@ -150,7 +150,7 @@ async fn rootca_and_default_on_a_stream() {
         .await;
 
     // The ACK got silence: the next response is the bundle change, default unchanged.
-    plane.authority.set_signing(h::new_ca());
+    plane.authority.set_signing(h::new_ca()).unwrap();
     let rotated = stream.next().await.unwrap();
     let got = secrets(&rotated);
     let bundle = got.rootca.unwrap();
@@ -172,7 +172,7 @@ async fn rootca_and_default_on_a_stream() {
             "1",
         )
         .await;
-    plane.authority.set_signing(h::new_ca());
+    plane.authority.set_signing(h::new_ca()).unwrap();
     let next = stream.next().await.unwrap();
     assert_eq!(
         secrets(&next)
