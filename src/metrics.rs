@@ -96,6 +96,7 @@ pub struct Metrics {
     pub ca: CaMetrics,
     pub auth: AuthMetrics,
     pub webhook: crate::webhook::WebhookMetrics,
+    pub reconcile: crate::controller::metrics::ReconcileMetrics,
 }
 
 impl Default for Metrics {
@@ -151,11 +152,14 @@ impl Metrics {
         );
         let webhook = crate::webhook::WebhookMetrics::default();
         webhook.register(&mut registry);
+        let reconcile = crate::controller::metrics::ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Self {
             registry,
             ca,
             auth,
             webhook,
+            reconcile,
         }
     }
 

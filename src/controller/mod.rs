@@ -5,6 +5,8 @@
 
 pub mod inventory;
 pub mod leader;
+pub mod metrics;
+pub mod status;
 
 /// Field manager recorded on the controller's writes.
 pub const FIELD_MANAGER: &str = "palisade-controller";
