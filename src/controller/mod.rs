@@ -6,6 +6,7 @@
 pub mod inventory;
 pub mod leader;
 pub mod metrics;
+pub mod root_configmap;
 pub mod status;
 
 /// Field manager recorded on the controller's writes.
