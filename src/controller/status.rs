@@ -567,3 +567,7 @@ pub fn spawn(
 #[cfg(test)]
 #[path = "status_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "status_writer_tests.rs"]
+mod writer_tests;
