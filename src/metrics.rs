@@ -110,6 +110,7 @@ pub struct Metrics {
     /// xDS streams (ADS, SDS): connections, pushes, NACKs.
     pub xds: crate::xds::XdsMetrics,
     pub grpc: ListenerMetrics,
+    pub reconcile: crate::controller::metrics::ReconcileMetrics,
 }
 
 impl Default for Metrics {
@@ -180,6 +181,8 @@ impl Metrics {
             "gRPC connections open (handshaking or established)",
             grpc.connections_open.clone(),
         );
+        let reconcile = crate::controller::metrics::ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Self {
             registry,
             ca,
@@ -188,6 +191,7 @@ impl Metrics {
             sources,
             xds,
             grpc,
+            reconcile,
         }
     }
 

@@ -25,6 +25,8 @@ use super::status::PolicyStatus;
     namespaced,
     status = "PolicyStatus",
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mtls.mode","description":"Default mutual TLS mode"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status","description":"True when the policy is in force (status condition Accepted)"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason","description":"Why the policy is or is not in force"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new(

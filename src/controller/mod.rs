@@ -13,7 +13,10 @@ pub mod inventory;
 pub mod kube_records;
 pub mod kube_source;
 pub mod leader;
+pub mod metrics;
+pub mod root_configmap;
 mod source_metrics;
+pub mod status;
 
 pub use source_metrics::{KindLabel, SourceMetrics};
 

@@ -11,7 +11,7 @@ use super::diagnostics::{diagnostic, sort_and_dedup};
 use super::host::{expand_host, namespace_of_service_host, service_fqdn};
 use super::model::{
     Client, Diagnostic, DiagnosticKind, EndpointDecision, InboundDecision, MeshConfig, MeshInput,
-    MeshResolution, OutboundDecision, Policy, ServiceInfo, ServiceOutbound, Severity,
+    MeshResolution, ObjectRef, OutboundDecision, Policy, ServiceInfo, ServiceOutbound, Severity,
     TLS_MODE_LABEL, TLS_MODE_PALISADE, TargetPort, Workload, WorkloadInbound,
 };
 use super::peer::{ModeSummary, PeerIndex, PeerScope};
@@ -44,6 +44,7 @@ pub struct PolicyEngine {
     /// Namespaces that have workloads, sorted.
     client_namespaces: Vec<Arc<str>>,
     diagnostics: Vec<Diagnostic>,
+    ignored: BTreeSet<ObjectRef>,
 }
 
 fn intern(names: &mut HashMap<String, Arc<str>>, name: &str) -> Arc<str> {
@@ -140,8 +141,10 @@ impl PolicyEngine {
             service_endpoints,
             client_namespaces,
             diagnostics: Vec::new(),
+            ignored: BTreeSet::new(),
         };
         engine.diagnostics = engine.object_diagnostics(inventory_complete);
+        engine.ignored = engine.ignored_objects(inventory_complete);
         engine
     }
 
@@ -155,6 +158,16 @@ impl PolicyEngine {
     /// rules not merged, fields not enforced, invalid fields.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics
+    }
+
+    /// The objects that currently take effect nowhere: PeerAuthentications that lost their
+    /// mesh-wide or namespace-wide scope to an older policy, selector policies that match
+    /// workloads but lose to an older policy on every one of them (only with a complete
+    /// inventory), root-namespace selector policies, and DestinationRules without a host. A
+    /// policy that merely selects nothing yet is not here: it takes effect when a matching
+    /// workload appears.
+    pub fn ignored(&self) -> &BTreeSet<ObjectRef> {
+        &self.ignored
     }
 
     /// True when a Service with this fully qualified name is in the input.
@@ -430,10 +443,78 @@ impl PolicyEngine {
         }
     }
 
+    fn ignored_objects(&self, inventory_complete: bool) -> BTreeSet<ObjectRef> {
+        let count = self.peers.policies.len();
+        let (mut matched, mut won) = (vec![false; count], vec![false; count]);
+        for set in &self.match_sets {
+            for &i in set {
+                matched[i as usize] = true;
+            }
+            if let Some(w) = self.peers.winner_of(set) {
+                won[w as usize] = true;
+            }
+        }
+        let mut ignored = BTreeSet::new();
+        for (i, policy) in self.peers.policies.iter().enumerate() {
+            let takes_no_effect = match policy.scope {
+                PeerScope::Inert => true,
+                PeerScope::Mesh | PeerScope::Namespace => !self.peers.wins_scope(i as u32),
+                PeerScope::Workload => inventory_complete && matched[i] && !won[i],
+            };
+            if takes_no_effect {
+                ignored.insert(policy.object.clone());
+            }
+        }
+        for (rule, policy) in self.dests.rules.iter().zip(&self.dest_specs) {
+            if policy.spec.host.is_empty() {
+                ignored.insert(rule.object.clone());
+            }
+        }
+        ignored
+    }
+
+    /// With a complete inventory, a root-namespace selector policy's finding names the
+    /// workloads its selector matches (the ones whose owners wonder why it does not apply).
+    fn inert_finding(&self, policy: u32, generic: &Diagnostic) -> Diagnostic {
+        const LISTED: usize = 5;
+        let mut names = Vec::new();
+        let mut count = 0usize;
+        for (w, &set) in self.workload_match_set.iter().enumerate() {
+            if self.match_sets[set as usize].contains(&policy) {
+                count += 1;
+                if names.len() < LISTED {
+                    let (namespace, name) = &self.workload_names[w];
+                    names.push(format!("{namespace}/{name}"));
+                }
+            }
+        }
+        if count == 0 {
+            return generic.clone();
+        }
+        let more = if count > names.len() {
+            format!(" and {} more", count - names.len())
+        } else {
+            String::new()
+        };
+        let mut finding = generic.clone();
+        finding.message = format!(
+            "a policy with a selector in the root namespace {} applies to nothing (a selector applies only in the policy's own namespace), yet its selector matches {count} workload(s): {}{more}; move it to the namespace of the workloads it should apply to, or remove the selector for a mesh-wide policy",
+            self.config.root_namespace,
+            names.join(", "),
+        );
+        finding
+    }
+
     fn object_diagnostics(&self, inventory_complete: bool) -> Vec<Diagnostic> {
         let mut out = Vec::new();
-        for policy in &self.peers.policies {
-            out.extend(policy.findings.iter().cloned());
+        for (i, policy) in self.peers.policies.iter().enumerate() {
+            for finding in &policy.findings {
+                if inventory_complete && finding.kind == DiagnosticKind::RootNamespaceSelector {
+                    out.push(self.inert_finding(i as u32, finding));
+                } else {
+                    out.push(finding.clone());
+                }
+            }
         }
         out.extend(self.peers.scope_conflicts.iter().cloned());
         for set in &self.match_sets {

@@ -224,8 +224,10 @@ impl PeerIndex {
         }
     }
 
-    /// The selector policies of `namespace` that match `labels` (root-namespace ones included,
-    /// though they apply to nothing), oldest first, into `out`.
+    /// The selector policies that match `labels` for a workload of `namespace`, oldest first,
+    /// into `out`: those of `namespace`, and the root namespace's whatever `namespace` is.
+    /// Root-namespace selector policies apply to nothing; they are matched so that every
+    /// workload they seem to target can be told why they do not apply.
     pub(crate) fn matching(
         &self,
         specs: &[Policy<PeerAuthenticationSpec>],
@@ -234,6 +236,21 @@ impl PeerIndex {
         out: &mut Vec<u32>,
     ) {
         out.clear();
+        self.matching_in(specs, namespace, labels, out);
+        if namespace != self.root_namespace {
+            self.matching_in(specs, &self.root_namespace, labels, out);
+        }
+        out.sort_by_key(|&i| self.policies[i as usize].rank);
+    }
+
+    /// Appends the selector policies of `namespace` that match `labels`.
+    fn matching_in(
+        &self,
+        specs: &[Policy<PeerAuthenticationSpec>],
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        out: &mut Vec<u32>,
+    ) {
         let Some(ns) = self.namespaces.get(namespace) else {
             return;
         };
@@ -255,7 +272,6 @@ impl PeerIndex {
                 }
             }
         }
-        out.sort_by_key(|&i| self.policies[i as usize].rank);
     }
 
     fn mesh_winner(&self) -> Option<&PeerPolicy> {
@@ -329,6 +345,33 @@ impl PeerIndex {
         }
     }
 
+    /// What a workload of `namespace` (not the root namespace) whose labels a root-namespace
+    /// selector policy matches is told: the policy seems to target it, and does not.
+    fn inert_for_workload(&self, policy: &PeerPolicy, namespace: &str) -> Diagnostic {
+        diagnostic(
+            Severity::Warning,
+            &policy.object,
+            DiagnosticKind::RootNamespaceSelector,
+            format!(
+                "its selector matches this workload, but a policy with a selector in the root namespace {} applies to nothing (a selector applies only in the policy's own namespace); move it to namespace {namespace} to apply it here, or remove the selector for a mesh-wide policy",
+                self.root_namespace
+            ),
+        )
+    }
+
+    /// True when `i` is the winner of its mesh-wide or namespace-wide scope.
+    pub(crate) fn wins_scope(&self, i: u32) -> bool {
+        let namespace = &self.policies[i as usize].object.namespace;
+        self.namespaces
+            .get(namespace)
+            .is_some_and(|ns| ns.winner == Some(i))
+    }
+
+    /// The workload-scope winner among `matched` (oldest first).
+    pub(crate) fn winner_of(&self, matched: &[u32]) -> Option<u32> {
+        self.workload_winner(matched)
+    }
+
     /// The full explained decision.
     pub(crate) fn decide(&self, namespace: &str, matched: &[u32]) -> InboundDecision {
         let summary = self.summary(namespace, matched);
@@ -379,7 +422,12 @@ impl PeerIndex {
             diagnostics.extend(ns.findings.iter().cloned());
         }
         for &i in matched {
-            diagnostics.extend(self.policies[i as usize].findings.iter().cloned());
+            let policy = &self.policies[i as usize];
+            if policy.scope == PeerScope::Inert && namespace != self.root_namespace {
+                diagnostics.push(self.inert_for_workload(policy, namespace));
+            } else {
+                diagnostics.extend(policy.findings.iter().cloned());
+            }
         }
         self.workload_conflicts(matched, &mut diagnostics);
         super::diagnostics::sort_and_dedup(&mut diagnostics);

@@ -425,11 +425,25 @@ pub async fn start_with_client(
                 },
             );
             let ca_bundle = crate::webhook::ca_bundle::CaBundleSync::new(client.clone())
-                .spawn_while_leader(authority.subscribe_bundle(), leading);
+                .spawn_while_leader(authority.subscribe_bundle(), leading.clone());
+            let status = crate::controller::status::spawn(
+                client.clone(),
+                inventory.clone(),
+                mesh.clone(),
+                leading.clone(),
+                metrics.reconcile.clone(),
+            );
+            let root_configmaps = crate::controller::root_configmap::spawn(
+                client.clone(),
+                inventory.clone(),
+                authority.subscribe_bundle(),
+                leading,
+                metrics.reconcile.clone(),
+            );
             leader = Some(LeaderTasks {
                 stop,
                 elector,
-                writers: vec![ca_bundle],
+                writers: vec![ca_bundle, status, root_configmaps],
             });
             Arc::new(crate::webhook::namespaces::KubeNamespaces::new(
                 client.clone(),

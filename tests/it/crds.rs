@@ -74,12 +74,12 @@ fn crds_have_short_names_printer_columns_and_status() {
             "PeerAuthentication" => {
                 assert_eq!(crd.spec.group, "security.palisade.dev");
                 assert_eq!(short, ["pa"]);
-                assert_eq!(columns, ["Mode", "Age"]);
+                assert_eq!(columns, ["Mode", "Accepted", "Reason", "Age"]);
             }
             "DestinationRule" => {
                 assert_eq!(crd.spec.group, "networking.palisade.dev");
                 assert_eq!(short, ["dr"]);
-                assert_eq!(columns, ["Host", "Age"]);
+                assert_eq!(columns, ["Host", "Accepted", "Reason", "Age"]);
             }
             other => panic!("unexpected CRD {other}"),
         }
@@ -267,5 +267,84 @@ fn schema_rejects_bad_enums_and_ports() {
     for (kind, doc) in bad {
         let out = check_jsonschema(kind, std::slice::from_ref(&doc));
         assert!(!out.status.success(), "{doc} should be rejected");
+    }
+}
+
+/// The status the controller writes validates against the CRD schema (check-jsonschema and the
+/// CEL rules), and the printer columns read the condition it writes.
+#[test]
+fn written_statuses_fit_the_schema_and_the_columns() {
+    use palisade::controller::status::{ACCEPTED, policy_status};
+    use palisade::policy::{Diagnostic, DiagnosticKind, ObjectRef, PolicyKind, Severity};
+
+    let now: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let lost = Diagnostic {
+        severity: Severity::Warning,
+        object: ObjectRef {
+            kind: PolicyKind::PeerAuthentication,
+            namespace: "foo".into(),
+            name: "p".into(),
+        },
+        kind: DiagnosticKind::Conflict {
+            winner: ObjectRef {
+                kind: PolicyKind::PeerAuthentication,
+                namespace: "foo".into(),
+                name: "older".into(),
+            },
+        },
+        message: "lost to the older namespace-wide policy".into(),
+    };
+    let statuses = [
+        policy_status(&[], false, Some(2), None, now),
+        policy_status(&[&lost], true, Some(3), None, now),
+    ];
+    for (kind, wrap, spec) in [
+        (
+            "PeerAuthentication",
+            pa as fn(Value) -> Value,
+            json!({"mtls": {"mode": "STRICT"}}),
+        ),
+        ("DestinationRule", dr, json!({"host": "reviews"})),
+    ] {
+        let docs: Vec<Value> = statuses
+            .iter()
+            .map(|s| {
+                let mut doc = wrap(spec.clone());
+                doc["status"] = serde_json::to_value(s).unwrap();
+                doc
+            })
+            .collect();
+        let out = check_jsonschema(kind, &docs);
+        assert!(
+            out.status.success(),
+            "{kind}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for doc in &docs {
+            assert!(cel_errors(kind, doc).is_empty(), "{doc}");
+        }
+    }
+    for (_, crd) in palisade::api::crd::all() {
+        let columns = crd.spec.versions[0]
+            .additional_printer_columns
+            .clone()
+            .unwrap_or_default();
+        let path_of = |name: &str| {
+            columns
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (c.json_path.clone(), c.priority))
+        };
+        let condition = format!(".status.conditions[?(@.type==\"{ACCEPTED}\")]");
+        assert_eq!(
+            path_of("Accepted"),
+            Some((format!("{condition}.status"), None))
+        );
+        // The reason only with `-o wide`.
+        assert_eq!(
+            path_of("Reason"),
+            Some((format!("{condition}.reason"), Some(1)))
+        );
     }
 }

@@ -321,3 +321,48 @@ fn export_to_dot_hides_a_rule_from_other_namespaces() {
     let outside = shop("web", "api.partner.example.com", "443", None);
     assert_eq!(outside["rule"], Value::Null);
 }
+
+/// Issue 7 item 9: a root-namespace PeerAuthentication with a selector is explained to a
+/// workload of any namespace its selector matches (JSON shape unchanged: one more entry in
+/// `diagnostics`), and its mode is not applied.
+#[test]
+fn root_namespace_selector_is_explained_in_other_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pa.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: security.palisade.dev/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict-web\n  namespace: palisade-system\nspec:\n  selector:\n    matchLabels:\n      app: web\n  mtls:\n    mode: STRICT\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let explain = |labels: &str| {
+        json_of(&[
+            "policy",
+            "explain",
+            "inbound",
+            "--manifests",
+            path,
+            "--namespace",
+            "shop",
+            "--labels",
+            labels,
+        ])
+    };
+    let matched = explain("app=web");
+    assert_eq!(matched["mode"], "PERMISSIVE");
+    assert_eq!(matched["decidedBy"], json!([]));
+    let diagnostics = matched["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), 1, "{matched:#}");
+    assert_eq!(
+        diagnostics[0]["kind"],
+        json!({"type": "rootNamespaceSelector"})
+    );
+    assert_eq!(
+        diagnostics[0]["object"],
+        json!({"kind": "PeerAuthentication", "namespace": "palisade-system", "name": "strict-web"})
+    );
+    let message = diagnostics[0]["message"].as_str().unwrap();
+    assert!(message.contains("move it to namespace shop"), "{message}");
+    let unmatched = explain("app=db");
+    assert_eq!(unmatched["diagnostics"], json!([]), "{unmatched:#}");
+}

@@ -396,3 +396,100 @@ fn workload_selector_rules_are_not_in_the_object_level_merge() {
         }]
     );
 }
+
+/// Issue 7 item 9: with the whole inventory known, a root-namespace selector policy's own
+/// finding (its status message) names the workloads its selector matches, in any namespace.
+#[test]
+fn root_namespace_selector_finding_names_the_matched_workloads() {
+    let selector = json!({"selector": {"matchLabels": {"app": "web"}}, "mtls": {"mode": "STRICT"}});
+    let mut mesh = Mesh::new()
+        .workload("default", "web-0", "web", &[("app", "web")], &[])
+        .workload("prod", "web-1", "web", &[("app", "web"), ("v", "2")], &[])
+        .workload("prod", "db-0", "db", &[("app", "db")], &[])
+        .pa(ROOT, "strict-web", Some(1), selector.clone())
+        .pa(
+            ROOT,
+            "strict-none",
+            Some(2),
+            json!({"selector": {"matchLabels": {"app": "none"}}}),
+        );
+    let message = |engine: &PolicyEngine, name: &str| -> String {
+        let found: Vec<&Diagnostic> = engine
+            .diagnostics()
+            .iter()
+            .filter(|d| d.object == pa_ref(ROOT, name))
+            .collect();
+        assert_eq!(found.len(), 1, "{name}: {found:?}");
+        assert_eq!(found[0].kind, DiagnosticKind::RootNamespaceSelector);
+        found[0].message.clone()
+    };
+    let offline = mesh.clone().engine();
+    let generic = message(&offline, "strict-web");
+    assert!(!generic.contains("default/web-0"), "{generic}");
+
+    let complete = mesh.clone().complete().engine();
+    let named = message(&complete, "strict-web");
+    assert!(
+        named.contains("matches 2 workload(s): default/web-0, prod/web-1;"),
+        "{named}"
+    );
+    assert!(!named.contains("db-0"), "{named}");
+    // Matching nothing: the generic message.
+    assert_eq!(message(&complete, "strict-none"), generic);
+    // Both are ignored; neither selects-nothing is reported for them (they are not workload
+    // policies).
+    assert!(complete.ignored().contains(&pa_ref(ROOT, "strict-web")));
+    assert!(
+        kinds_of(complete.diagnostics(), &pa_ref(ROOT, "strict-none"))
+            .iter()
+            .all(|k| *k == DiagnosticKind::RootNamespaceSelector)
+    );
+
+    // Many matches: five named, the rest counted.
+    for i in 0..7 {
+        mesh = mesh.workload("ns", &format!("w{i}"), "w", &[("app", "web")], &[]);
+    }
+    let many = message(&mesh.complete().engine(), "strict-web");
+    assert!(many.contains("matches 9 workload(s):"), "{many}");
+    assert!(many.contains(" and 4 more;"), "{many}");
+}
+
+/// Which objects take effect nowhere (the status reconciler's `Accepted=False`).
+#[test]
+fn ignored_objects() {
+    let engine = mesh().complete().engine();
+    let got: Vec<ObjectRef> = engine.ignored().iter().cloned().collect();
+    let mut want = vec![
+        pa_ref(ROOT, "mesh-new"),
+        pa_ref(ROOT, "root-selector"),
+        pa_ref("default", "ns-new"),
+        // wl-new matches default/web but loses to wl-old there, its only workload.
+        pa_ref("default", "wl-new"),
+        dr_ref("default", "empty-host"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // Offline (inventory incomplete) a selector policy is never judged by its matches.
+    let offline = mesh().engine();
+    assert!(!offline.ignored().contains(&pa_ref("default", "wl-new")));
+    assert!(offline.ignored().contains(&pa_ref("default", "ns-new")));
+    // A selector policy that wins somewhere is in force even where it loses.
+    let split = Mesh::new()
+        .workload("default", "a", "a", &[("app", "web"), ("tier", "x")], &[])
+        .workload("default", "b", "b", &[("tier", "x")], &[])
+        .pa(
+            "default",
+            "old",
+            Some(1),
+            json!({"selector": {"matchLabels": {"app": "web"}}}),
+        )
+        .pa(
+            "default",
+            "new",
+            Some(2),
+            json!({"selector": {"matchLabels": {"tier": "x"}}}),
+        )
+        .complete()
+        .engine();
+    assert!(split.ignored().is_empty(), "{:?}", split.ignored());
+}

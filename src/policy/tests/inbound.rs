@@ -504,6 +504,12 @@ fn decision_carries_the_findings_of_the_policies_considered() {
                     winner: pa_ref(ROOT, "mesh-old")
                 }
             ),
+            // The root-namespace selector policy matches this workload's labels: it is told
+            // why that policy does not apply (issue 7 item 9).
+            (
+                pa_ref(ROOT, "root-selector"),
+                DiagnosticKind::RootNamespaceSelector
+            ),
         ]
     );
     assert!(
@@ -526,4 +532,85 @@ fn decision_carries_the_findings_of_the_policies_considered() {
             .iter()
             .all(|d| d.object != pa_ref("default", "wl-other"))
     );
+}
+
+/// Issue 7 item 9: "why is my STRICT not applied?" A root-namespace selector policy is
+/// explained to every workload its selector matches, in any namespace, and to no other.
+#[test]
+fn root_namespace_selector_is_explained_wherever_it_matches() {
+    let engine = Mesh::new()
+        .pa(ROOT, "strict-web", Some(1), selected("web", "STRICT"))
+        .pa("prod", "ns", Some(2), mode("PERMISSIVE"))
+        .engine();
+    struct Case {
+        namespace: &'static str,
+        labels: &'static [(&'static str, &'static str)],
+        told: bool,
+        names_namespace: bool,
+    }
+    let cases = [
+        Case {
+            namespace: "default",
+            labels: &[("app", "web")],
+            told: true,
+            names_namespace: true,
+        },
+        Case {
+            namespace: "prod",
+            labels: &[("app", "web"), ("v", "1")],
+            told: true,
+            names_namespace: true,
+        },
+        Case {
+            namespace: ROOT,
+            labels: &[("app", "web")],
+            told: true,
+            names_namespace: false,
+        },
+        Case {
+            namespace: "default",
+            labels: &[("app", "db")],
+            told: false,
+            names_namespace: false,
+        },
+        Case {
+            namespace: "default",
+            labels: &[],
+            told: false,
+            names_namespace: false,
+        },
+    ];
+    for case in cases {
+        let got = engine.inbound(case.namespace, &labels(case.labels));
+        let about: Vec<&Diagnostic> = got
+            .diagnostics
+            .iter()
+            .filter(|d| d.object == pa_ref(ROOT, "strict-web"))
+            .collect();
+        let what = format!("{} {:?}", case.namespace, case.labels);
+        assert_eq!(about.len(), usize::from(case.told), "{what}: {about:?}");
+        // The policy never decides anything, wherever it matches.
+        assert!(
+            got.decided_by
+                .iter()
+                .all(|d| d.object != pa_ref(ROOT, "strict-web")),
+            "{what}"
+        );
+        if let Some(d) = about.first() {
+            assert_eq!(d.kind, DiagnosticKind::RootNamespaceSelector, "{what}");
+            assert_eq!(d.severity, Severity::Warning, "{what}");
+            assert!(
+                d.message.contains("applies to nothing"),
+                "{what}: {}",
+                d.message
+            );
+            let move_hint = format!("move it to namespace {}", case.namespace);
+            assert_eq!(
+                d.message.contains(&move_hint),
+                case.names_namespace,
+                "{what}: {}",
+                d.message
+            );
+        }
+    }
 }
