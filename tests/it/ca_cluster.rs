@@ -36,7 +36,18 @@ const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/palisade-system/le
 const WEBHOOK_CONFIGURATION: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector";
 
-/// A minimal API server: Secrets (get/create), TokenReviews ("good-token" is default/web), and
+/// Collections the control plane lists and watches in a cluster.
+const WATCHED: [&str; 7] = [
+    "/api/v1/namespaces",
+    "/api/v1/pods",
+    "/api/v1/services",
+    "/api/v1/configmaps",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/apis/security.palisade.dev/v1/peerauthentications",
+    "/apis/networking.palisade.dev/v1/destinationrules",
+];
+
+/// A minimal API server: empty lists (and silent watches) of the watched collections, Secrets (get/create), TokenReviews ("good-token" is default/web), and
 /// the leader Lease (get/create/update, optimistic concurrency). Lease writes go to `leases`.
 async fn api_server(
     mut handle: Handle,
@@ -47,8 +58,24 @@ async fn api_server(
     let mut stored: Option<Value> = None;
     let mut lease: Option<Value> = None;
     let lease_path = format!("{LEASES}/palisade-controller-leader");
+    // Watch requests are held open (never answered) until the test ends, as an API server
+    // with nothing to report would.
+    let mut parked_watches = Vec::new();
     while let Some((req, send)) = handle.next_request().await {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let query = req.uri().query().unwrap_or_default().to_string();
+        if method == Method::GET && WATCHED.contains(&path.as_str()) {
+            // The inventory's watchers (and the ConfigMap reconciler's): empty lists.
+            if query.contains("watch=true") {
+                parked_watches.push(send);
+            } else {
+                log.lock().unwrap().push(format!("LIST {path}"));
+                let empty = json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": "1"}, "items": []});
+                send.send_response(reply(StatusCode::OK, &empty));
+            }
+            continue;
+        }
         log.lock().unwrap().push(format!("{method} {path}"));
         let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
             .unwrap_or(Value::Null);
@@ -230,6 +257,21 @@ async fn in_cluster_mode_creates_the_root_secret_and_uses_token_review() {
         .collect();
     assert_eq!(lease_calls, [lease_get, format!("POST {LEASES}")]);
     assert!(position(&format!("POST {LEASES}")) < position(&webhook_get));
+
+    // Every inventory watcher listed once (and the trust-bundle ConfigMaps were listed by the
+    // leader's reconciler).
+    for path in WATCHED {
+        let listed = format!("LIST {path}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while position(&listed).is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{listed} missing: {:?}",
+                log.lock().unwrap()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 
     running.shutdown().await.unwrap();
     // Released on the way out: the other replica need not wait out the lease duration.
