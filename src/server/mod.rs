@@ -470,11 +470,23 @@ pub async fn start_with_client(
         trust_domain = %config.policy.trust_domain, "control plane serving");
     // Ready once the inventory has synced: before that, proxies would get empty views and
     // status would be computed from half a picture.
+    // And once the views have caught up with that inventory, so a proxy admitted right after
+    // readiness finds its pod.
     let ready_flag = ready.clone();
     let mut ready_stop = shutdown_rx.clone();
+    let (views, latest) = (registry.clone(), inventory.clone());
     background.push(tokio::spawn(async move {
+        let caught_up = async {
+            if synced.wait_for(|synced| *synced).await.is_err() {
+                return false;
+            }
+            while !Arc::ptr_eq(views.current().inventory(), &latest.borrow()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        };
         let became_synced = tokio::select! {
-            synced = synced.wait_for(|synced| *synced) => synced.is_ok(),
+            caught_up = caught_up => caught_up,
             _ = ready_stop.wait_for(|stop| *stop) => false,
         };
         if became_synced && !*ready_stop.borrow() {
@@ -531,7 +543,16 @@ fn start_source(
 > {
     let source: Box<dyn Source> = match (client, &config.config_dir) {
         (Some(client), _) => Box::new(KubeSource::start(client.clone(), metrics.sources.clone())),
-        (None, Some(dir)) => Box::new(DirSource::start(dir.clone(), metrics.sources.clone())?),
+        (None, Some(dir)) => {
+            // A fresh standalone setup starts with an empty directory (README: `--config-dir
+            // ./config`); policies are added to it later.
+            std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+                what: "creating the config directory",
+                path: dir.display().to_string(),
+                source,
+            })?;
+            Box::new(DirSource::start(dir.clone(), metrics.sources.clone())?)
+        }
         (None, None) => Box::new(EmptySource {
             inventory: watch::channel(Arc::new(Inventory::default())).0,
             synced: watch::channel(true).0,
