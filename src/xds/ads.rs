@@ -20,19 +20,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-};
-use tokio::sync::watch;
-use tonic::{Request, Response, Status, Streaming};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Status, Streaming};
+
+use super::ads_wire::{AdsServer, WireResponse};
 
 use super::metrics::{XdsMetrics, XdsService};
 use super::node::{NodeClaim, parse_node};
 use super::sotw::{self, RequestKind, StreamState};
-use super::stream::{self, Outbox, ResponseStream};
+use super::stream::{self, Outbox, Outgoing};
 use super::views::{ProxyClaim, ProxyView, VIEW_TYPES, ViewRegistry};
 use crate::auth::peer::identity_from_peer_cert;
 
@@ -70,22 +67,20 @@ impl AdsService {
         }
     }
 
-    /// The tonic server for this service, with the request size bound applied.
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    /// The service to add to the gRPC server (request size bound applied; responses share
+    /// the views' encoding instead of copying it per stream, see [`super::ads_wire`]).
+    pub fn into_server(self) -> AdsServer {
+        AdsServer::new(self)
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream;
-    type DeltaAggregatedResourcesStream =
-        tokio_stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+impl AdsService {
+    /// Authenticates the caller of `StreamAggregatedResources` and starts the stream's task;
+    /// returns what the transport reads the responses from ([`super::ads_wire::AdsBody`]).
+    pub(crate) fn open(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
+    ) -> Result<mpsc::Receiver<Outgoing<WireResponse>>, Status> {
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -103,7 +98,7 @@ impl AggregatedDiscoveryService for AdsService {
             self.metrics.refuse(SERVICE, "unauthenticated");
             permission_denied()
         })?;
-        let (outbox, responses) = stream::channel(self.metrics.clone(), SERVICE);
+        let (outbox, responses) = stream::raw_channel();
         let task = AdsStream {
             registry: self.registry.clone(),
             metrics: self.metrics.clone(),
@@ -112,16 +107,12 @@ impl AggregatedDiscoveryService for AdsService {
             outbox,
         };
         tokio::spawn(task.run(request.into_inner()));
-        Ok(Response::new(responses))
+        Ok(responses)
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "incremental xDS is not served; use StreamAggregatedResources",
-        ))
+    /// The metrics this service records into.
+    pub(crate) fn metrics(&self) -> &XdsMetrics {
+        &self.metrics
     }
 }
 
@@ -131,7 +122,7 @@ struct AdsStream {
     metrics: XdsMetrics,
     identity: crate::auth::Identity,
     peer: String,
-    outbox: Outbox,
+    outbox: Outbox<WireResponse>,
 }
 
 /// Why a stream ends early.
@@ -224,8 +215,8 @@ impl AdsStream {
                     continue;
                 };
                 if state.should_send(type_url, &resources.version) {
-                    let response =
-                        state.respond(type_url, &resources.version, resources.resources.clone());
+                    let nonce = state.record_sent(type_url, &resources.version);
+                    let response = WireResponse::new(type_url, nonce, resources);
                     if self.outbox.send(response, since).await.is_err() {
                         return End::Quiet;
                     }

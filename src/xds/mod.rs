@@ -2,6 +2,7 @@
 //! distribution over ADS.
 
 pub mod ads;
+pub mod ads_wire;
 pub mod ca_service;
 pub mod metrics;
 pub mod node;

@@ -191,14 +191,9 @@ impl StreamState {
         sent != Some(version) && state.rejected.as_deref() != Some(version)
     }
 
-    /// Records that `version` of `type_url` is being sent and builds the response with a fresh
-    /// nonce.
-    pub fn respond(
-        &mut self,
-        type_url: &str,
-        version: &str,
-        resources: Vec<Any>,
-    ) -> DiscoveryResponse {
+    /// Records that `version` of `type_url` is being sent and returns the fresh nonce of the
+    /// response that carries it (for servers that encode the response themselves).
+    pub fn record_sent(&mut self, type_url: &str, version: &str) -> String {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         let state = self.types.entry(type_url.to_string()).or_default();
@@ -207,6 +202,18 @@ impl StreamState {
             nonce: nonce.clone(),
         });
         state.must_respond = false;
+        nonce
+    }
+
+    /// Records that `version` of `type_url` is being sent and builds the response with a fresh
+    /// nonce.
+    pub fn respond(
+        &mut self,
+        type_url: &str,
+        version: &str,
+        resources: Vec<Any>,
+    ) -> DiscoveryResponse {
+        let nonce = self.record_sent(type_url, version);
         DiscoveryResponse {
             version_info: version.to_string(),
             resources,

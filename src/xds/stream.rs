@@ -17,9 +17,10 @@ use super::metrics::{XdsMetrics, XdsService};
 /// What a discovery stream yields to tonic.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
-enum Outgoing {
+/// What the stream's task hands the transport.
+pub enum Outgoing<R> {
     /// A response and when the change that caused it was seen (for the latency metric).
-    Response(DiscoveryResponse, Instant),
+    Response(R, Instant),
     /// The stream ends with this status.
     End(Status),
 }
@@ -28,15 +29,21 @@ enum Outgoing {
 #[derive(Debug)]
 pub struct Closed;
 
-/// The task's end of the stream.
-pub struct Outbox {
-    tx: mpsc::Sender<Outgoing>,
+/// The task's end of the stream; `R` is the response type (ADS sends pre-encoded ones).
+pub struct Outbox<R = DiscoveryResponse> {
+    tx: mpsc::Sender<Outgoing<R>>,
+}
+
+/// A new stream with a one-slot channel: the task's sender and the transport's receiver.
+pub fn raw_channel<R>() -> (Outbox<R>, mpsc::Receiver<Outgoing<R>>) {
+    let (tx, rx) = mpsc::channel(1);
+    (Outbox { tx }, rx)
 }
 
 /// A new stream: the task's sender and the stream tonic polls, which counts each response as a
 /// push when the transport takes it.
 pub fn channel(metrics: XdsMetrics, service: XdsService) -> (Outbox, ResponseStream) {
-    let (tx, rx) = mpsc::channel(1);
+    let (outbox, rx) = raw_channel::<DiscoveryResponse>();
     let stream = ReceiverStream::new(rx).map(move |item| match item {
         Outgoing::Response(response, since) => {
             metrics.pushed(service, &response.type_url, since.elapsed().as_secs_f64());
@@ -44,12 +51,12 @@ pub fn channel(metrics: XdsMetrics, service: XdsService) -> (Outbox, ResponseStr
         }
         Outgoing::End(status) => Err(status),
     });
-    (Outbox { tx }, Box::pin(stream))
+    (outbox, Box::pin(stream))
 }
 
-impl Outbox {
+impl<R> Outbox<R> {
     /// Queues `response` (waits while the previous one has not been taken).
-    pub async fn send(&self, response: DiscoveryResponse, since: Instant) -> Result<(), Closed> {
+    pub async fn send(&self, response: R, since: Instant) -> Result<(), Closed> {
         self.tx
             .send(Outgoing::Response(response, since))
             .await

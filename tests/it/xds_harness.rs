@@ -74,13 +74,13 @@ pub struct TestRegistry {
 
 /// One resource of `type_url` at `version` with `payload` bytes.
 pub fn typed(type_url: &str, version: &str, payload: Vec<u8>) -> Arc<TypedResources> {
-    Arc::new(TypedResources {
-        version: version.into(),
-        resources: vec![Any {
+    Arc::new(TypedResources::new(
+        version.into(),
+        vec![Any {
             type_url: type_url.into(),
             value: payload,
         }],
-    })
+    ))
 }
 
 fn first_view(pod: &ObjectKey, identity: &Identity) -> ProxyView {

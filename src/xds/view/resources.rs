@@ -48,7 +48,7 @@ pub fn typed_from_any(resources: Vec<Any>) -> TypedResources {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    TypedResources { version, resources }
+    TypedResources::new(version, resources)
 }
 
 /// The SPIFFE ID of a pod (service account `default` when the pod names none).
