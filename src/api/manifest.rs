@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{PodSpec, Service};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{DestinationRuleSpec, PeerAuthenticationSpec};
+use super::{AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec};
 use crate::policy::{
     Policy, PolicyMeta, ServiceInfo, ServicePortInfo, TargetPort, Workload, WorkloadPort,
 };
@@ -33,6 +33,8 @@ pub struct Manifests {
     pub peer_authentications: Vec<Policy<PeerAuthenticationSpec>>,
     /// DestinationRule objects, in input order.
     pub destination_rules: Vec<Policy<DestinationRuleSpec>>,
+    /// AuthorizationPolicy objects, in input order.
+    pub authorization_policies: Vec<Policy<AuthorizationPolicySpec>>,
     /// Workloads found in Pods and pod templates (Deployment, StatefulSet, ...).
     pub workloads: Vec<Workload>,
     /// Services.
@@ -130,6 +132,7 @@ pub struct InvalidObject {
 enum DocKind {
     PeerAuthentication,
     DestinationRule,
+    AuthorizationPolicy,
     Service,
     Pod,
     PodTemplate,
@@ -142,6 +145,9 @@ fn classify(api_version: &str, kind: &str) -> DocKind {
     match (group, kind) {
         (super::SECURITY_GROUP | super::ISTIO_SECURITY_GROUP, "PeerAuthentication") => {
             DocKind::PeerAuthentication
+        }
+        (super::SECURITY_GROUP | super::ISTIO_SECURITY_GROUP, "AuthorizationPolicy") => {
+            DocKind::AuthorizationPolicy
         }
         (super::NETWORKING_GROUP | super::ISTIO_NETWORKING_GROUP, "DestinationRule") => {
             DocKind::DestinationRule
@@ -195,6 +201,7 @@ impl Manifests {
         }
         let object_count = self.peer_authentications.len()
             + self.destination_rules.len()
+            + self.authorization_policies.len()
             + self.workloads.len()
             + self.services.len()
             + self.skipped.len();
@@ -246,6 +253,10 @@ impl Manifests {
                     ));
                 }
                 self.destination_rules.push(policy);
+            }
+            DocKind::AuthorizationPolicy => {
+                let policy = self.policy_from(&doc, &invalid)?;
+                self.authorization_policies.push(policy);
             }
             DocKind::Service => {
                 let service: Service = typed(&doc, "", false).map_err(|(f, m)| invalid(&f, m))?;
