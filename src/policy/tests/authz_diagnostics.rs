@@ -6,7 +6,10 @@ use super::authz::{Policies, engine};
 use crate::policy::authz::{authz_status, authz_statuses};
 use crate::policy::model::*;
 
-fn kinds(policies: &Policies) -> Vec<(Severity, DiagnosticKind)> {
+/// A finding: severity and kind.
+type Finding = (Severity, DiagnosticKind);
+
+fn kinds(policies: &Policies) -> Vec<Finding> {
     engine(policies)
         .policies()
         .flat_map(|p| p.diagnostics.iter().map(|d| (d.severity, d.kind.clone())))
@@ -24,7 +27,7 @@ fn not_enforced(field: &str) -> (Severity, DiagnosticKind) {
 
 #[test]
 fn each_finding_is_reported() {
-    let table: Vec<(&str, serde_json::Value, Vec<(Severity, DiagnosticKind)>)> = vec![
+    let table: Vec<(&str, serde_json::Value, Vec<Finding>)> = vec![
         (
             "a clean policy has none",
             json!({"rules": [{"from": [{"source": {"namespaces": ["a"]}}]}]}),

@@ -40,7 +40,7 @@ fn field(kind: usize, choice: usize) -> (&'static str, Value) {
     }
 }
 
-fn rule(shape: &(Vec<(usize, usize)>, Option<(bool, usize)>, Option<usize>)) -> Value {
+fn rule(shape: &RuleShape) -> Value {
     let (source_fields, operation, when) = shape;
     let mut rule = serde_json::Map::new();
     if !source_fields.is_empty() {
