@@ -2,6 +2,7 @@
 
 mod authz;
 mod authz_diagnostics;
+mod authz_fields;
 mod authz_props;
 mod diagnostics;
 mod inbound;
