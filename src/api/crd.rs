@@ -4,7 +4,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::{DestinationRule, PeerAuthentication};
+use super::{AuthorizationPolicy, DestinationRule, PeerAuthentication};
 
 /// Every CRD Palisade serves, with the file name each has under `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -16,6 +16,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "destinationrules.networking.palisade.dev.yaml",
             finish(DestinationRule::crd()),
+        ),
+        (
+            "authorizationpolicies.security.palisade.dev.yaml",
+            finish(AuthorizationPolicy::crd()),
         ),
     ]
 }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::objects::{cluster_ips, parse_ip, pod_active, service_info, workload};
-use super::{DestinationRuleSpec, PeerAuthenticationSpec};
+use super::{AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec};
 use crate::policy::{NamespaceInfo, Policy, PolicyMeta, ServiceInfo, Workload};
 
 /// Largest manifest file read (bytes).
@@ -33,6 +33,8 @@ pub struct Manifests {
     pub peer_authentications: Vec<Policy<PeerAuthenticationSpec>>,
     /// DestinationRule objects, in input order.
     pub destination_rules: Vec<Policy<DestinationRuleSpec>>,
+    /// AuthorizationPolicy objects, in input order.
+    pub authorization_policies: Vec<Policy<AuthorizationPolicySpec>>,
     /// Workloads found in Pods and pod templates (Deployment, StatefulSet, ...).
     pub workloads: Vec<Workload>,
     /// Services.
@@ -149,6 +151,7 @@ pub struct InvalidObject {
 enum DocKind {
     PeerAuthentication,
     DestinationRule,
+    AuthorizationPolicy,
     Service,
     Pod,
     Namespace,
@@ -162,6 +165,9 @@ fn classify(api_version: &str, kind: &str) -> DocKind {
     match (group, kind) {
         (super::SECURITY_GROUP | super::ISTIO_SECURITY_GROUP, "PeerAuthentication") => {
             DocKind::PeerAuthentication
+        }
+        (super::SECURITY_GROUP | super::ISTIO_SECURITY_GROUP, "AuthorizationPolicy") => {
+            DocKind::AuthorizationPolicy
         }
         (super::NETWORKING_GROUP | super::ISTIO_NETWORKING_GROUP, "DestinationRule") => {
             DocKind::DestinationRule
@@ -263,6 +269,10 @@ impl Manifests {
                 }
                 self.destination_rules.push(policy);
             }
+            DocKind::AuthorizationPolicy => {
+                let policy = self.policy_from(&doc, &invalid)?;
+                self.authorization_policies.push(policy);
+            }
             DocKind::Service => {
                 require_name(&name, &invalid)?;
                 let service: Service = typed(&doc, "", false).map_err(|(f, m)| invalid(&f, m))?;
@@ -328,6 +338,7 @@ impl Manifests {
     pub fn object_count(&self) -> usize {
         self.peer_authentications.len()
             + self.destination_rules.len()
+            + self.authorization_policies.len()
             + self.workloads.len()
             + self.services.len()
             + self.namespaces.len()

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 
 pub mod crds;
 pub mod policy;
+mod policy_authz;
 
 /// Palisade: zero-trust service-mesh security for Kubernetes.
 #[derive(Debug, Parser)]

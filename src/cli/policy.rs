@@ -37,6 +37,8 @@ pub enum ExplainCommand {
     Inbound(InboundArgs),
     /// The TLS a client uses for a destination (DestinationRule or auto mTLS).
     Outbound(OutboundArgs),
+    /// Whether a connection to a workload is allowed (AuthorizationPolicy).
+    Authz(AuthzArgs),
 }
 
 /// Options shared by both directions.
@@ -104,12 +106,43 @@ pub struct OutboundArgs {
     pub labels: String,
 }
 
+/// `palisade policy explain authz`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("peer").required(true).args(["from", "from_plaintext"])))]
+pub struct AuthzArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The workload's pod labels, `k=v[,k=v]`.
+    #[arg(long, short = 'l', value_name = "K=V,...", default_value = "")]
+    pub labels: String,
+    /// The workload (container) port the connection is for.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// The client's identity, `spiffe://<trust domain>/ns/<ns>/sa/<sa>` (an mTLS connection).
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub from: Option<String>,
+    /// The client connects in plaintext (PERMISSIVE or DISABLE): it has no identity.
+    #[arg(long)]
+    pub from_plaintext: bool,
+    /// The client's address (for ipBlocks and source.ip); default 0.0.0.0, which no
+    /// specific block contains.
+    #[arg(long, value_name = "IP")]
+    pub source_ip: Option<std::net::IpAddr>,
+    /// The address the connection arrives on (for destination.ip); default 0.0.0.0.
+    #[arg(long, value_name = "IP")]
+    pub destination_ip: Option<std::net::IpAddr>,
+    /// The TLS server name the client sends (for connection.sni).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+}
+
 /// Runs `palisade policy ...`, printing to stdout.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let PolicyCommand::Explain(command) = args.command;
     let text = match command {
         ExplainCommand::Inbound(args) => explain_inbound(&args)?,
         ExplainCommand::Outbound(args) => explain_outbound(&args)?,
+        ExplainCommand::Authz(args) => super::policy_authz::explain_authz(&args)?,
     };
     print!("{text}");
     Ok(())
@@ -131,12 +164,13 @@ pub fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// Manifests read and indexed.
-struct Loaded {
-    engine: PolicyEngine,
-    notes: Vec<String>,
+pub(super) struct Loaded {
+    pub(super) engine: PolicyEngine,
+    pub(super) authz: crate::policy::authz::AuthzEngine,
+    pub(super) notes: Vec<String>,
 }
 
-fn load(common: &Common) -> anyhow::Result<Loaded> {
+pub(super) fn load(common: &Common) -> anyhow::Result<Loaded> {
     let manifests = Manifests::load(&common.manifests).context("reading manifests")?;
     let notes = manifests
         .skipped
@@ -148,12 +182,14 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
             )
         })
         .collect();
+    let config = MeshConfig {
+        root_namespace: common.root_namespace.clone(),
+        domain_suffix: common.domain_suffix.clone(),
+        trust_domain: common.trust_domain.clone(),
+    };
+    let authz = crate::policy::authz::AuthzEngine::new(&config, &manifests.authorization_policies);
     let input = MeshInput {
-        config: MeshConfig {
-            root_namespace: common.root_namespace.clone(),
-            domain_suffix: common.domain_suffix.clone(),
-            trust_domain: common.trust_domain.clone(),
-        },
+        config,
         namespaces: Vec::new(),
         peer_authentications: manifests.peer_authentications,
         destination_rules: manifests.destination_rules,
@@ -163,6 +199,7 @@ fn load(common: &Common) -> anyhow::Result<Loaded> {
     };
     Ok(Loaded {
         engine: PolicyEngine::new(input),
+        authz,
         notes,
     })
 }
@@ -258,7 +295,7 @@ fn tls_json(tls: &ClientTlsSettings) -> Value {
     value
 }
 
-fn diagnostics_json(diagnostics: &[Diagnostic]) -> Vec<Value> {
+pub(super) fn diagnostics_json(diagnostics: &[Diagnostic]) -> Vec<Value> {
     diagnostics
         .iter()
         .map(|d| {
@@ -272,7 +309,7 @@ fn diagnostics_json(diagnostics: &[Diagnostic]) -> Vec<Value> {
         .collect()
 }
 
-fn labels_text(labels: &BTreeMap<String, String>) -> String {
+pub(super) fn labels_text(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
         return "(none)".to_string();
     }
@@ -394,7 +431,7 @@ fn outbound_text(args: &OutboundArgs, decision: &OutboundDecision, notes: &[Stri
     out
 }
 
-fn diagnostics_text(out: &mut String, diagnostics: &[Diagnostic], notes: &[String]) {
+pub(super) fn diagnostics_text(out: &mut String, diagnostics: &[Diagnostic], notes: &[String]) {
     if diagnostics.is_empty() && notes.is_empty() {
         return;
     }

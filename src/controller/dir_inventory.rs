@@ -45,6 +45,7 @@ impl PolicyAges {
         self.seqs.retain(|(kind, key), _| match kind {
             PolicyKind::PeerAuthentication => inventory.peer_authentications.contains_key(key),
             PolicyKind::DestinationRule => inventory.destination_rules.contains_key(key),
+            PolicyKind::AuthorizationPolicy => false,
         });
     }
 }

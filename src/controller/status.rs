@@ -360,6 +360,9 @@ pub async fn apply_status(
     let result = match kind {
         PolicyKind::PeerAuthentication => apply_as::<PeerAuthentication>(client, key, status).await,
         PolicyKind::DestinationRule => apply_as::<DestinationRule>(client, key, status).await,
+        PolicyKind::AuthorizationPolicy => {
+            apply_as::<crate::api::AuthorizationPolicy>(client, key, status).await
+        }
     };
     result.map_err(|source| StatusError::Api {
         kind: kind.as_str(),
@@ -468,6 +471,8 @@ impl StatusWriter {
                         .destination_rules
                         .get(key)
                         .map(|r| (r.generation, r.status.clone())),
+                    // Not in the inventory yet: their status comes with their enforcement.
+                    PolicyKind::AuthorizationPolicy => None,
                 }
             };
         // Forget what the inventory has caught up with, what is gone, and what is too old.

@@ -25,10 +25,13 @@
 //! - [`PolicyEngine::resolve_all`] resolves outbound for clients without labels, so it never
 //!   uses `workloadSelector` rules; [`PolicyEngine::outbound`] does, given the client's labels.
 //!
+//! AuthorizationPolicy has its own engine, [`authz::AuthzEngine`] (see [`authz`]).
+//!
 //! Module map: `peer` (PeerAuthentication scopes and modes), `destination` (DestinationRule
 //! lookup, merging, TLS per port and subset), `host` (host names), `diagnostics` (findings
 //! about one object), `engine` (the indexes and the public entry points).
 
+pub mod authz;
 mod destination;
 mod diagnostics;
 mod engine;

@@ -41,6 +41,8 @@ pub enum PolicyKind {
     PeerAuthentication,
     /// `DestinationRule`.
     DestinationRule,
+    /// `AuthorizationPolicy`.
+    AuthorizationPolicy,
 }
 
 impl PolicyKind {
@@ -49,6 +51,7 @@ impl PolicyKind {
         match self {
             PolicyKind::PeerAuthentication => "PeerAuthentication",
             PolicyKind::DestinationRule => "DestinationRule",
+            PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
         }
     }
 }
@@ -277,6 +280,20 @@ pub enum DiagnosticKind {
     /// A field is invalid or contradicts another and is ignored.
     Invalid {
         /// JSON path of the field.
+        field: String,
+    },
+    /// A field asks for something Palisade does not do (an AuthorizationPolicy's CUSTOM
+    /// action); the object fails closed.
+    Unsupported {
+        /// JSON path of the field.
+        field: String,
+    },
+    /// An ALLOW AuthorizationPolicy whose rules can never match: it allows nothing, so the
+    /// workloads it applies to accept only what another ALLOW policy allows.
+    AllowsNothing,
+    /// An AuthorizationPolicy with a rule that matches every connection (`rules: [{}]`).
+    MatchesEverything {
+        /// JSON path of the rule.
         field: String,
     },
     /// A lookup asked for a subset that the rule (after merging) does not define; the subset's

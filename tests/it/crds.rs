@@ -40,7 +40,11 @@ fn committed_crds_match_the_types() {
 
 #[test]
 fn every_cel_rule_compiles() {
-    for kind in ["PeerAuthentication", "DestinationRule"] {
+    for kind in [
+        "PeerAuthentication",
+        "DestinationRule",
+        "AuthorizationPolicy",
+    ] {
         let compiled = compile_schema(&schema(kind));
         assert!(
             !compiled.has_errors(),
@@ -81,6 +85,11 @@ fn crds_have_short_names_printer_columns_and_status() {
                 assert_eq!(short, ["dr"]);
                 assert_eq!(columns, ["Host", "Accepted", "Reason", "Age"]);
             }
+            "AuthorizationPolicy" => {
+                assert_eq!(crd.spec.group, "security.palisade.dev");
+                assert_eq!(short, ["ap"]);
+                assert_eq!(columns, ["Action", "Age"]);
+            }
             other => panic!("unexpected CRD {other}"),
         }
     }
@@ -94,6 +103,11 @@ fn pa(spec: Value) -> Value {
 fn dr(spec: Value) -> Value {
     json!({"apiVersion": "networking.palisade.dev/v1", "kind": "DestinationRule",
            "metadata": {"name": "r", "namespace": "foo"}, "spec": spec})
+}
+
+fn ap(spec: Value) -> Value {
+    json!({"apiVersion": "security.palisade.dev/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": "a", "namespace": "foo"}, "spec": spec})
 }
 
 /// Each case: a spec, and the message a CEL rule must reject it with (None: accepted).
@@ -201,6 +215,89 @@ fn destination_rule_cel_rules() {
     assert_cel_cases("DestinationRule", dr, &cases);
 }
 
+#[test]
+fn authorization_policy_cel_rules() {
+    let from = |source: Value| json!({"rules": [{"from": [{"source": source}]}]});
+    let cases = [
+        (json!({}), None),
+        (json!({"rules": [{}]}), None),
+        (
+            from(json!({"principals": ["cluster.local/ns/a/sa/b"]})),
+            None,
+        ),
+        (
+            json!({"action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{}]}),
+            None,
+        ),
+        (
+            json!({"action": "DENY", "provider": {"name": "ext"}}),
+            Some("provider may only be set with action CUSTOM"),
+        ),
+        (
+            json!({"provider": {"name": "ext"}}),
+            Some("provider may only be set with action CUSTOM"),
+        ),
+        (
+            json!({"action": "CUSTOM", "rules": [{}]}),
+            Some("action CUSTOM requires provider.name"),
+        ),
+        (
+            json!({"selector": {"matchLabels": {"app": "a"}}, "targetRef": {"kind": "Gateway", "name": "g"}}),
+            Some("selector cannot be combined with targetRef"),
+        ),
+        (
+            json!({"selector": {"matchLabels": {"app": "a"}}, "targetRefs": [{"kind": "Gateway", "name": "g"}]}),
+            Some("selector cannot be combined with targetRef"),
+        ),
+        (
+            json!({"targetRef": {"kind": "Gateway", "name": "g"}, "targetRefs": [{"kind": "Gateway", "name": "h"}]}),
+            Some("targetRef and targetRefs cannot both be set"),
+        ),
+        (
+            json!({"rules": [{"from": []}]}),
+            Some("from must not be empty"),
+        ),
+        (json!({"rules": [{"to": []}]}), Some("to must not be empty")),
+        (
+            json!({"rules": [{"when": []}]}),
+            Some("when must not be empty"),
+        ),
+        (
+            json!({"rules": [{"from": [{}]}]}),
+            Some("from.source must be set and not empty"),
+        ),
+        (
+            from(json!({})),
+            Some("from.source must be set and not empty"),
+        ),
+        (
+            json!({"rules": [{"to": [{"operation": {}}]}]}),
+            Some("to.operation must be set and not empty"),
+        ),
+        (
+            from(json!({"principals": ["a"], "serviceAccounts": ["ns/sa"]})),
+            Some("serviceAccounts and notServiceAccounts cannot be combined"),
+        ),
+        (
+            json!({"rules": [{"to": [{"operation": {"ports": ["0"]}}]}]}),
+            Some("ports must be port numbers"),
+        ),
+        (
+            json!({"rules": [{"to": [{"operation": {"notPorts": ["http"]}}]}]}),
+            Some("notPorts must be port numbers"),
+        ),
+        (
+            json!({"rules": [{"when": [{"key": "source.ip"}]}]}),
+            Some("a condition needs values or notValues"),
+        ),
+        (
+            json!({"rules": [{"when": [{"key": "", "values": ["x"]}]}]}),
+            Some("key must not be empty"),
+        ),
+    ];
+    assert_cel_cases("AuthorizationPolicy", ap, &cases);
+}
+
 /// Runs `check-jsonschema` (an independent validator) over `docs` against our CRD schema.
 fn check_jsonschema(kind: &str, docs: &[Value]) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -225,6 +322,7 @@ fn istio_documentation_examples_are_accepted_by_our_schemas() {
     for (file, kind) in [
         ("istio/peer-authentication.yaml", "PeerAuthentication"),
         ("istio/destination-rule.yaml", "DestinationRule"),
+        ("istio/authorization-policy.yaml", "AuthorizationPolicy"),
     ] {
         let docs: Vec<Value> = yaml_documents(&fixture(file))
             .into_iter()
@@ -263,6 +361,11 @@ fn schema_rejects_bad_enums_and_ports() {
             ),
         ),
         ("DestinationRule", dr(json!({"trafficPolicy": {}}))),
+        ("AuthorizationPolicy", ap(json!({"action": "REJECT"}))),
+        (
+            "AuthorizationPolicy",
+            ap(json!({"rules": [{"from": [{"source": {"principals": "a"}}]}]})),
+        ),
     ];
     for (kind, doc) in bad {
         let out = check_jsonschema(kind, std::slice::from_ref(&doc));

@@ -6,6 +6,7 @@ mod certificate_cli;
 mod chart;
 mod crds;
 mod explain;
+mod explain_authz;
 mod grpc_limits;
 mod init_netns;
 mod sds;

@@ -1,5 +1,9 @@
 //! Table-driven and property tests of the policy engine, with a small builder for inputs.
 
+mod authz;
+mod authz_diagnostics;
+mod authz_fields;
+mod authz_props;
 mod diagnostics;
 mod inbound;
 mod outbound;
