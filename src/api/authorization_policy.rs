@@ -30,6 +30,8 @@ use super::status::PolicyStatus;
     namespaced,
     status = "PolicyStatus",
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".spec.action","description":"ALLOW (the default), DENY, AUDIT or CUSTOM"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status","description":"True when the policy is in force (status condition Accepted)"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Accepted\")].reason","description":"Why the policy is or is not in force"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = kube::core::Rule::new(

@@ -88,7 +88,7 @@ fn crds_have_short_names_printer_columns_and_status() {
             "AuthorizationPolicy" => {
                 assert_eq!(crd.spec.group, "security.palisade.dev");
                 assert_eq!(short, ["ap"]);
-                assert_eq!(columns, ["Action", "Age"]);
+                assert_eq!(columns, ["Action", "Accepted", "Reason", "Age"]);
             }
             other => panic!("unexpected CRD {other}"),
         }
