@@ -124,11 +124,18 @@ fn a_front_end_that_starts_but_cannot_restore_is_unusable() {
     let e = broken.available().expect_err("restore --test fails");
     assert!(matches!(e, ApplyError::Failed { .. }), "{e:?}");
     assert!(e.to_string().contains("ls --noflush --test"), "{e}");
-    // Both steps working is usable (`true` ignores its arguments and its input).
+    // Both steps working is usable. The stand-in restore reads its whole input and succeeds,
+    // as a real one does (`true` would not do: a tool that exits 0 without reading its input
+    // is refused, and whether `true` beats our write to the pipe is a race).
+    let dir = tempfile::tempdir().unwrap();
+    let restore = dir.path().join("restore");
+    std::fs::write(&restore, "#!/bin/sh\ncat >/dev/null\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&restore, std::fs::Permissions::from_mode(0o755)).unwrap();
     let fine = Iptables {
         family: Family::V6,
         save: "true".into(),
-        restore: "true".into(),
+        restore: restore.display().to_string(),
     };
     fine.available().expect("usable");
 }
