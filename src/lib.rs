@@ -16,6 +16,7 @@ pub mod init;
 pub mod metrics;
 pub mod net;
 pub mod policy;
+pub mod proxy;
 pub mod server;
 pub mod singleflight;
 pub mod webhook;

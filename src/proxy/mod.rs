@@ -1,0 +1,13 @@
+//! `palisade proxy`: the sidecar. An agent (workload identity and its rotation, the ADS client)
+//! publishes what the proxy knows; the listeners (inbound :15006, outbound :15001, admin
+//! :15020) read it. Data flows one way: [`state::Identity`], [`state::Trust`] and
+//! [`state::Policy`] are published through `tokio::sync::watch` channels ([`state::Shared`])
+//! and every new connection reads the latest; established connections keep what they began
+//! with.
+
+pub mod state;
+
+/// The ALPN protocol a Palisade proxy offers when it originates mesh mTLS, and by which the
+/// receiving proxy tells a mesh handshake from anything else (the application's own TLS
+/// included) without consuming a byte.
+pub const MESH_ALPN: &[u8] = b"palisade-mtls/1";
