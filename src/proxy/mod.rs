@@ -5,6 +5,7 @@
 //! and every new connection reads the latest; established connections keep what they began
 //! with.
 
+pub mod metrics;
 pub mod state;
 
 /// The ALPN protocol a Palisade proxy offers when it originates mesh mTLS, and by which the
