@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{Buf, Bytes, BytesMut};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use palisade::api::PeerAuthenticationSpec;
 use palisade::ca::authority::{IssuancePolicy, SigningCa, generate_root};
 use palisade::ca::{Authority, Identity, TrustBundle};
@@ -37,9 +37,10 @@ use palisade::policy::{
     TLS_MODE_PALISADE, TargetPort, Workload, WorkloadPort,
 };
 use palisade::xds::views::VIEW_TYPES;
-use tokio::sync::mpsc;
+use prost::Message;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 const ROLE_ENV: &str = "PALISADE_BENCH_XDS_ROLE";
 const DIR_ENV: &str = "PALISADE_BENCH_XDS_DIR";
@@ -326,6 +327,129 @@ impl Child {
     }
 }
 
+/// The fields of a `DiscoveryResponse` a simulated proxy needs to ACK; prost skips the rest
+/// (field 2, the resources) without allocating them.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResponseHeader {
+    #[prost(string, tag = "1")]
+    version_info: String,
+    #[prost(string, tag = "4")]
+    type_url: String,
+    #[prost(string, tag = "5")]
+    nonce: String,
+}
+
+/// Sends one gRPC-framed request on the stream (h2 queues it; these are small).
+fn send_request(send: &mut h2::SendStream<Bytes>, request: DiscoveryRequest) {
+    let message = request.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    send.send_data(Bytes::from(frame), false)
+        .expect("send request");
+}
+
+/// A minimal ADS client on raw HTTP/2 (the h2 crate under tonic): 10,000 tonic clients would
+/// each keep a decode buffer as large as the largest response (~3 MiB here) for the stream's
+/// life, which is the client's memory, not the controller's, and does not fit this machine.
+/// This one frames gRPC messages itself and frees each message once its header is read.
+struct LightStream {
+    body: h2::RecvStream,
+    send: h2::SendStream<Bytes>,
+    buf: BytesMut,
+    /// Keeps the connection's driver alive with the stream.
+    _conn: tokio::task::JoinHandle<()>,
+}
+
+impl LightStream {
+    async fn open(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, node_id: &str) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .expect("tls handshake");
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(256 * 1024)
+            .initial_connection_window_size(256 * 1024)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .expect("h2 handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "https://{addr}/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let mut client = client.ready().await.expect("h2 ready");
+        let (response, mut send) = client.send_request(request, false).expect("send request");
+        for (t, type_url) in VIEW_TYPES.iter().enumerate() {
+            send_request(
+                &mut send,
+                DiscoveryRequest {
+                    node: (t == 0).then(|| Node {
+                        id: node_id.to_string(),
+                        ..Default::default()
+                    }),
+                    type_url: type_url.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        let response = response.await.expect("response headers");
+        assert_eq!(response.status(), 200, "grpc over http/2");
+        LightStream {
+            body: response.into_body(),
+            send,
+            buf: BytesMut::new(),
+            _conn: conn,
+        }
+    }
+
+    fn ack(&mut self, r: &ResponseHeader) {
+        send_request(
+            &mut self.send,
+            DiscoveryRequest {
+                version_info: r.version_info.clone(),
+                response_nonce: r.nonce.clone(),
+                type_url: r.type_url.clone(),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// The next response's header and its encoded length; None when the stream ends.
+    async fn next(&mut self) -> Option<(ResponseHeader, usize)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    self.buf.advance(5);
+                    let message = self.buf.split_to(len).freeze();
+                    if self.buf.is_empty() {
+                        // Give the (possibly ~3 MiB) allocation back.
+                        self.buf = BytesMut::new();
+                    }
+                    let header = ResponseHeader::decode(message).expect("DiscoveryResponse");
+                    return Some((header, len));
+                }
+                self.buf.reserve(5 + len - self.buf.len());
+            }
+            let chunk = self.body.data().await?.ok()?;
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -381,7 +505,12 @@ fn main() {
     let chosen: Vec<usize> = (0..proxies)
         .map(|i| (i * all_pods.len() / proxies.max(1)).min(all_pods.len() - 1))
         .collect();
-    let identities: Vec<(tonic::transport::Identity, String, bool)> = chosen
+    let identities: Vec<(
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        String,
+        bool,
+    )> = chosen
         .iter()
         .map(|&i| {
             let (ns, pod, sa, _) = &all_pods[i];
@@ -394,14 +523,11 @@ fn main() {
                 .expect("pem");
             let identity = Identity::new(ns, sa).expect("identity");
             let issued = authority.issue(&identity, &csr, 0, "bench").expect("issue");
-            (
-                tonic::transport::Identity::from_pem(
-                    issued.chain_pem.concat(),
-                    key.serialize_pem(),
-                ),
-                format!("{ns}/{pod}"),
-                ns == "ns-00",
-            )
+            let chain = CertificateDer::pem_slice_iter(issued.chain_pem.concat().as_bytes())
+                .map(|c| c.expect("chain pem"))
+                .collect();
+            let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+            (chain, key, format!("{ns}/{pod}"), ns == "ns-00")
         })
         .collect();
     let issue_secs = issuing.elapsed().as_secs_f64();
@@ -411,68 +537,38 @@ fn main() {
     let stats: Arc<Vec<ProxyStats>> =
         Arc::new((0..proxies).map(|_| ProxyStats::default()).collect());
     let epoch = Arc::new(std::sync::OnceLock::<Instant>::new());
-    let root = Certificate::from_pem(&cert_pem);
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(der.expect("root pem")).expect("root");
+    }
+    let roots = Arc::new(roots);
     let connecting = Instant::now();
     let initial_bytes = Arc::new(AtomicU64::new(0));
     runtime.block_on(async {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
         let mut joins = Vec::with_capacity(proxies);
-        for (i, (id, node_id, _)) in identities.iter().enumerate() {
+        for (i, (chain, key, node_id, _)) in identities.iter().enumerate() {
             let permit = semaphore.clone().acquire_owned().await.expect("semaphore");
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(root.clone())
-                .identity(id.clone());
+            let mut tls = rustls::ClientConfig::builder()
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(chain.clone(), key.clone_key())
+                .expect("client tls");
+            tls.alpn_protocols = vec![b"h2".to_vec()];
             let (stats, epoch, initial_bytes) =
                 (stats.clone(), epoch.clone(), initial_bytes.clone());
             let node_id = node_id.clone();
             joins.push(tokio::spawn(async move {
-                let channel = Endpoint::from_shared(format!("https://{addr}"))
-                    .expect("uri")
-                    .tls_config(tls)
-                    .expect("tls")
-                    .connect()
-                    .await
-                    .expect("connect");
-                let mut client = AggregatedDiscoveryServiceClient::new(channel)
-                    .max_decoding_message_size(64 * 1024 * 1024);
-                let (tx, rx) = mpsc::channel(8);
-                for (t, type_url) in VIEW_TYPES.iter().enumerate() {
-                    tx.send(DiscoveryRequest {
-                        node: (t == 0).then(|| Node {
-                            id: node_id.clone(),
-                            ..Default::default()
-                        }),
-                        type_url: type_url.to_string(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("queue");
-                }
-                let mut responses = client
-                    .stream_aggregated_resources(ReceiverStream::new(rx))
-                    .await
-                    .expect("stream")
-                    .into_inner();
+                let mut stream = LightStream::open(addr, Arc::new(tls), &node_id).await;
                 let mut seen = 0;
                 while seen < VIEW_TYPES.len() {
-                    let r = responses.message().await.expect("response").expect("open");
-                    let bytes: usize = r.resources.iter().map(|a| a.value.len()).sum();
-                    initial_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                    tx.send(DiscoveryRequest {
-                        version_info: r.version_info.clone(),
-                        response_nonce: r.nonce.clone(),
-                        type_url: r.type_url.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("ack");
+                    let (r, len) = stream.next().await.expect("initial response");
+                    initial_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    stream.ack(&r);
                     seen += 1;
                 }
                 drop(permit);
                 tokio::spawn(async move {
-                    // The client (and its channel) lives as long as the stream is read.
-                    let _client = client;
-                    while let Ok(Some(r)) = responses.message().await {
+                    while let Some((r, _)) = stream.next().await {
                         let at = epoch
                             .get()
                             .map(|e| e.elapsed().as_nanos() as u64)
@@ -485,15 +581,7 @@ fn main() {
                             Ordering::Relaxed,
                             Ordering::Relaxed,
                         );
-                        let ack = DiscoveryRequest {
-                            version_info: r.version_info.clone(),
-                            response_nonce: r.nonce.clone(),
-                            type_url: r.type_url.clone(),
-                            ..Default::default()
-                        };
-                        if tx.send(ack).await.is_err() {
-                            break;
-                        }
+                        stream.ack(&r);
                     }
                 });
             }));
@@ -510,7 +598,7 @@ fn main() {
         s.responses.store(0, Ordering::Relaxed);
         s.first_at.store(0, Ordering::Relaxed);
     }
-    let affected: Vec<usize> = (0..proxies).filter(|&i| identities[i].2).collect();
+    let affected: Vec<usize> = (0..proxies).filter(|&i| identities[i].3).collect();
     epoch.set(Instant::now()).expect("epoch once");
     let changed = child.ask("change");
     assert_eq!(changed, "changed");
@@ -535,7 +623,7 @@ fn main() {
     latencies.sort();
     let missing = affected.len() - latencies.len();
     let unaffected_with_push = (0..proxies)
-        .filter(|&i| !identities[i].2 && stats[i].responses.load(Ordering::Relaxed) > 0)
+        .filter(|&i| !identities[i].3 && stats[i].responses.load(Ordering::Relaxed) > 0)
         .count();
     let extra_to_affected = affected
         .iter()
