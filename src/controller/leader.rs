@@ -18,6 +18,7 @@
 //! `true` and stop as soon as it turns `false`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -28,6 +29,32 @@ use kube::api::PostParams;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// One term's work for [`while_leading`]: a future borrowing the writer's state.
+pub type TermWork<S> = for<'a> fn(&'a mut S) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Runs `work(state)` only while `leading` is `true`: it starts (from the beginning) each time
+/// leadership is gained and is dropped the moment leadership is lost, so a writer that lost the
+/// lease never finishes a write it began as leader. Ends when `work` returns or the leadership
+/// channel closes. `what` names the work in the log line written when it pauses.
+pub async fn while_leading<S>(
+    mut leading: watch::Receiver<bool>,
+    what: &'static str,
+    mut state: S,
+    work: TermWork<S>,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let lost = async { leading.wait_for(|l| !*l).await.is_ok() };
+        tokio::select! {
+            () = work(&mut state) => return,
+            still_running = lost => if !still_running { return },
+        }
+        tracing::debug!("not the leader; {what} paused");
+    }
+}
 
 /// Name of the Lease in the control plane namespace.
 pub const LEASE_NAME: &str = "palisade-controller-leader";

@@ -283,23 +283,16 @@ impl RootCertWriter {
     /// everything is dropped as soon as leadership is lost. Ends when a channel closes.
     pub fn spawn_while_leader(
         self,
-        mut inventory: watch::Receiver<Arc<Inventory>>,
-        mut bundles: watch::Receiver<TrustBundle>,
-        mut leading: watch::Receiver<bool>,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        bundles: watch::Receiver<TrustBundle>,
+        leading: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                if leading.wait_for(|l| *l).await.is_err() {
-                    return;
-                }
-                let lost = async { leading.wait_for(|l| !*l).await.is_ok() };
-                tokio::select! {
-                    () = self.run(&mut inventory, &mut bundles) => return,
-                    still_running = lost => if !still_running { return },
-                }
-                tracing::debug!("not the leader; root-cert ConfigMaps paused");
-            }
-        })
+        tokio::spawn(super::leader::while_leading(
+            leading,
+            "root-cert ConfigMaps",
+            (self, inventory, bundles),
+            |(writer, inventory, bundles)| Box::pin(writer.run(inventory, bundles)),
+        ))
     }
 
     /// Watches the ConfigMaps and reconciles after every change (once the watch has listed

@@ -408,22 +408,15 @@ impl StatusWriter {
     /// channel closes.
     pub fn spawn_while_leader(
         self,
-        mut inventory: watch::Receiver<Arc<Inventory>>,
-        mut leading: watch::Receiver<bool>,
+        inventory: watch::Receiver<Arc<Inventory>>,
+        leading: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                if leading.wait_for(|l| *l).await.is_err() {
-                    return;
-                }
-                let lost = async { leading.wait_for(|l| !*l).await.is_ok() };
-                tokio::select! {
-                    () = self.run(&mut inventory) => return,
-                    still_running = lost => if !still_running { return },
-                }
-                tracing::debug!("not the leader; status writes paused");
-            }
-        })
+        tokio::spawn(super::leader::while_leading(
+            leading,
+            "status writes",
+            (self, inventory),
+            |(writer, inventory)| Box::pin(writer.run(inventory)),
+        ))
     }
 
     /// Passes on every inventory change, after failures (with backoff) and every [`RESYNC`];

@@ -116,22 +116,15 @@ impl CaBundleSync {
     /// lost. Ends when either channel closes.
     pub fn spawn_while_leader(
         self,
-        mut bundles: watch::Receiver<TrustBundle>,
-        mut leader: watch::Receiver<bool>,
+        bundles: watch::Receiver<TrustBundle>,
+        leader: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                if leader.wait_for(|leading| *leading).await.is_err() {
-                    return;
-                }
-                let lost = async { leader.wait_for(|leading| !*leading).await.is_ok() };
-                tokio::select! {
-                    () = self.run(&mut bundles) => return,
-                    still_running = lost => if !still_running { return },
-                }
-                tracing::debug!("not the leader; webhook caBundle sync paused");
-            }
-        })
+        tokio::spawn(crate::controller::leader::while_leading(
+            leader,
+            "webhook caBundle sync",
+            (self, bundles),
+            |(writer, bundles)| Box::pin(writer.run(bundles)),
+        ))
     }
 
     /// The loop behind [`spawn`](Self::spawn); returns when the bundle channel closes.
