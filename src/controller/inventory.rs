@@ -167,11 +167,6 @@ impl Inventory {
             && same(&self.peer_authentications, &other.peer_authentications)
             && same(&self.destination_rules, &other.destination_rules)
     }
-
-    /// The active pod that holds `ip`, if any.
-    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&Arc<PodRecord>> {
-        self.pods.values().find(|p| p.active && p.ips.contains(&ip))
-    }
 }
 
 fn share<K: Ord, V: PartialEq>(previous: &BTreeMap<K, Arc<V>>, next: &mut BTreeMap<K, Arc<V>>) {
