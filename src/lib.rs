@@ -12,6 +12,7 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod controller;
+pub mod demo;
 pub mod init;
 pub mod metrics;
 pub mod net;

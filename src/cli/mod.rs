@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 pub mod certificate;
 pub mod controller;
+pub mod demo;
 mod duration;
 pub mod init;
 pub mod token;
@@ -25,6 +26,9 @@ pub struct Cli {
 /// The subcommands; each lives in its own module with an `Args` struct and a `run` function.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// A complete local mesh on this machine (root, no Kubernetes): mutual TLS, STRICT and
+    /// PERMISSIVE, narrated; removes everything it created.
+    Demo(demo::Args),
     /// Print the CustomResourceDefinition manifests (the source of `crds/`).
     Crds(crds::Args),
     /// Offline policy tools: `palisade policy explain inbound|outbound`.
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Policy(args) => policy::run(args),
         Command::Controller(args) => controller::run(args),
