@@ -31,10 +31,11 @@ lease_held() {
         return 1
     }
     pods="$(controller_pods 2>&1)" || return 1
-    grep -qx -- "$holder" <<<"$pods" || {
-        echo "Lease $LEASE is held by \"$holder\", which is not one of the controller pods: $pods"
+    # holderIdentity is <pod name>_<random hex> (src/controller/leader.rs); "" when released.
+    if [[ -z "$holder" ]] || ! grep -qx -- "${holder%_*}" <<<"$pods"; then
+        echo "Lease $LEASE is held by \"$holder\", which is not one of the controller pods: ${pods//$'\n'/ }"
         return 1
-    }
+    fi
     echo "$holder"
 }
 
@@ -103,7 +104,7 @@ check_control_plane() {
 # the webhook is reachable, trusted by the API server and mutating.
 dry_run_injected() {
     local ns="$1" out names
-    out="$(k -n "$ns" create --dry-run=server -o json -f - 2>&1 <<EOF
+    out="$(out_of k -n "$ns" create --dry-run=server -o json -f - <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -191,22 +192,27 @@ check_ready_through_proxy() {
 check_certificate() {
     local ns="$1" pod="$2" sa="$3" json id serial dir verify san header values
     local expected="spiffe://$TRUST_DOMAIN/ns/$ns/sa/$sa"
-    json="$(pod_get "$ns" "$pod" "$ADMIN_PORT" /certs 2>&1)" || fail "GET :$ADMIN_PORT/certs of $ns/$pod failed: $json"
-    id="$(jq -r '.spiffe_id // ""' <<<"$json" 2>&1)" || fail "/certs of $ns/$pod is not JSON: $json"
-    expect_eq "spiffe_id in /certs of $ns/$pod" "$expected" "$id"
-    serial="$(jq -r '.serial // ""' <<<"$json")"
-    [[ -n "$serial" ]] || fail "/certs of $ns/$pod has no serial: $json"
+    json="$(out_of pod_get "$ns" "$pod" "$ADMIN_PORT" /certs)" || fail "GET :$ADMIN_PORT/certs of $ns/$pod failed: $json"
+    # {"certificate": {"spiffe_id", "serial", "not_before", "not_after", "chain"}, "roots": [...]}
+    id="$(jq -r '.certificate.spiffe_id // ""' <<<"$json" 2>&1)" || fail "/certs of $ns/$pod is not JSON: $json"
+    expect_eq "certificate.spiffe_id in /certs of $ns/$pod" "$expected" "$id"
+    serial="$(jq -r '.certificate.serial // ""' <<<"$json")"
+    [[ -n "$serial" ]] || fail "/certs of $ns/$pod has no certificate.serial: $json"
 
     dir="$E2E_WORK_DIR/certs/$ns-$pod"
     rm -rf "$dir"
     mkdir -p "$dir"
-    jq -r 'if (.chain | type) == "array" then .chain[] elif (.chain | type) == "string" then .chain else empty end' \
+    jq -r '.certificate.chain | if type == "array" then .[] elif type == "string" then . else empty end' \
         <<<"$json" >"$dir/chain.pem"
     awk '/-----BEGIN CERTIFICATE-----/ { n++ } n == 1 { print > leaf } n > 1 { print > rest }' \
         leaf="$dir/leaf.pem" rest="$dir/rest.pem" "$dir/chain.pem"
     [[ -s "$dir/leaf.pem" ]] || fail "/certs of $ns/$pod has no certificate in \"chain\": $json"
     k -n "$ns" get configmap "$ROOT_CONFIGMAP" -o 'jsonpath={.data.root-cert\.pem}' >"$dir/bundle.pem" ||
         fail "cannot read ConfigMap $ns/$ROOT_CONFIGMAP"
+    # The proxy trusts the bundle its namespace's ConfigMap carries.
+    expect_eq "trust roots in /certs of $ns/$pod (as PEM bodies) vs ConfigMap $ns/$ROOT_CONFIGMAP" \
+        "$(pem_bodies <"$dir/bundle.pem" | sort)" \
+        "$(jq -r '.roots | if type == "array" then .[] elif type == "string" then . else empty end' <<<"$json" | pem_bodies | sort)"
     local args=(-CAfile "$dir/bundle.pem")
     [[ -s "$dir/rest.pem" ]] && args+=(-untrusted "$dir/rest.pem")
     verify="$(openssl verify "${args[@]}" "$dir/leaf.pem" 2>&1)" ||
@@ -226,7 +232,7 @@ check_certificate() {
 check_issuance_metrics() {
     local min="$1" pod text reviews=0 issued=0 r i
     for pod in $(controller_pods); do
-        text="$(pod_get "$CONTROL_NS" "$pod" "$MONITOR_PORT" /metrics 2>&1)" ||
+        text="$(out_of pod_get "$CONTROL_NS" "$pod" "$MONITOR_PORT" /metrics)" ||
             fail "GET :$MONITOR_PORT/metrics of $CONTROL_NS/$pod failed: $text"
         r="$(metric_sum palisade_auth_token_reviews_total 'result="authenticated"' <<<"$text")"
         i="$(metric_sum palisade_ca_certs_issued_total <<<"$text")"
@@ -283,7 +289,7 @@ call_echo() {
 # echo_metric NAME LABEL="VALUE"...: a counter of the server's proxy.
 echo_metric() {
     local text
-    text="$(pod_get "$MESH_NS" echo "$ADMIN_PORT" /metrics 2>&1)" || {
+    text="$(out_of pod_get "$MESH_NS" echo "$ADMIN_PORT" /metrics)" || {
         echo "cannot read :$ADMIN_PORT/metrics of $MESH_NS/echo: $text" >&2
         return 1
     }
@@ -297,7 +303,7 @@ reached_with() {
     local tls="$1" ns="$2" pod="$3" answer mesh0 pass0 mesh1 pass1
     mesh0="$(echo_metric palisade_proxy_connections_total 'direction="inbound"' 'tls="mesh"')" || return 1
     pass0="$(echo_metric palisade_proxy_connections_total 'direction="inbound"' 'tls="passthrough"')" || return 1
-    answer="$(call_echo "$ns" "$pod" 2>&1)" || {
+    answer="$(out_of call_echo "$ns" "$pod")" || {
         echo "the call from $ns/$pod failed: ${answer//$'\n'/ }"
         return 1
     }
@@ -336,7 +342,7 @@ check_reaches_in_plaintext() {
 refused_once() {
     local ns="$1" pod="$2" answer failures0 failures1
     failures0="$(echo_metric palisade_proxy_connection_failures_total 'direction="inbound"')" || return 1
-    if answer="$(call_echo "$ns" "$pod" 2>&1)"; then
+    if answer="$(out_of call_echo "$ns" "$pod")"; then
         echo "the call from $ns/$pod succeeded (answer \"$answer\")"
         return 1
     fi
@@ -364,7 +370,7 @@ check_refused() {
 # policy_accepted KIND NAME: status says Accepted=True for the object's current generation.
 policy_accepted() {
     local kind="$1" name="$2" json accepted reason generation observed
-    json="$(k -n "$MESH_NS" get "$kind" "$name" -o json 2>&1)" || {
+    json="$(out_of k -n "$MESH_NS" get "$kind" "$name" -o json)" || {
         echo "$json"
         return 1
     }
@@ -399,7 +405,7 @@ accepted_column() {
 
 check_policy_listing() {
     local listing kind name
-    listing="$(k get pa,dr -A 2>&1)" || fail "kubectl get pa,dr -A failed: $listing"
+    listing="$(out_of k get pa,dr -A)" || fail "kubectl get pa,dr -A failed: $listing"
     printf '%s\n' "$listing" >&2
     for kind in "peerauthentication default" "destinationrule echo-plaintext"; do
         name="${kind#* }"

@@ -80,6 +80,20 @@ it said: ${WAIT_FOR_OUTPUT:-<no output>}"
     done
 }
 
+# out_of COMMAND...: COMMAND's stdout alone, so a warning on stderr cannot corrupt JSON or an
+# answer being compared; when COMMAND fails its stderr follows, for the caller's message. The
+# status is COMMAND's.
+out_of() {
+    local err status=0
+    err="$(mktemp "${TMPDIR:-/tmp}/e2e-stderr.XXXXXX")"
+    "$@" 2>"$err" || status=$?
+    if ((status != 0)); then
+        cat "$err"
+    fi
+    rm -f "$err"
+    return "$status"
+}
+
 # jsonpath KIND/NAME NAMESPACE EXPRESSION: one jsonpath value of an object ("" when absent).
 # NAMESPACE "-" means cluster-scoped.
 jsonpath() {

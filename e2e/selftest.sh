@@ -90,13 +90,16 @@ FIXTURE_CERTS=""
 FIXTURE_BUNDLE=""
 pod_get() { printf '%s' "$FIXTURE_CERTS"; }
 k() { printf '%s' "$FIXTURE_BUNDLE"; }
-certs_json() { # LEAF [SPIFFE_ID]
-    jq -n --arg id "${2:-spiffe://cluster.local/ns/e2e-mesh/sa/echo}" --rawfile leaf "$pki/$1.pem" \
-        --rawfile root "$pki/ca.pem" '{spiffe_id: $id, serial: "01", chain: [$leaf, $root]}'
+certs_json() { # LEAF ROOTS [SPIFFE_ID]: the proxy's /certs document (src/proxy/admin.rs)
+    jq -n --arg id "${3:-spiffe://cluster.local/ns/e2e-mesh/sa/echo}" --rawfile leaf "$pki/$1.pem" \
+        --rawfile root "$pki/ca.pem" --rawfile roots "$pki/$2.pem" \
+        '{certificate: {spiffe_id: $id, serial: "01", not_before: "2026-12-02T03:55:00Z",
+          not_after: "2026-12-03T03:55:00Z", chain: [$leaf, $root]}, roots: [$roots]}'
 }
-# expect_certificate pass|fail LEAF BUNDLE [SPIFFE_ID]: runs check_certificate in a subshell.
+# expect_certificate pass|fail LEAF BUNDLE [SPIFFE_ID [PROXY_ROOTS]]: check_certificate in a
+# subshell, the namespace's ConfigMap holding BUNDLE, the proxy trusting PROXY_ROOTS (BUNDLE).
 expect_certificate() {
-    FIXTURE_CERTS="$(certs_json "$2" "${4:-}")"
+    FIXTURE_CERTS="$(certs_json "$2" "${5:-$3}" "${4:-}")"
     FIXTURE_BUNDLE="$(cat "$pki/$3.pem")"
     local status=0
     (check_certificate e2e-mesh echo echo) >"$E2E_WORK_DIR/out" 2>&1 || status=$?
@@ -113,5 +116,12 @@ expect_certificate fail wrong-sa ca
 expect_certificate fail two-sans ca
 expect_certificate fail not-critical ca
 expect_certificate fail good ca "spiffe://cluster.local/ns/e2e-mesh/sa/other"
+expect_certificate fail good ca "" foreign
+FIXTURE_CERTS='{"certificate": null, "roots": []}'
+(check_certificate e2e-mesh echo echo) >/dev/null 2>&1 && {
+    echo "selftest: check_certificate accepts a proxy without a certificate" >&2
+    exit 1
+}
+passed=$((passed + 1))
 
 echo "selftest: $passed e2e helper checks pass"
