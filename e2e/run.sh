@@ -121,8 +121,24 @@ docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "image $IMAGE is not in th
 ok "image $IMAGE present"
 
 step "load the image into the kind nodes"
-kind load docker-image "$IMAGE" --name "$KIND_CLUSTER" >&2
-ok "loaded $IMAGE"
+# Through a single-platform archive rather than `kind load docker-image`: with Docker's
+# containerd image store (the default since Docker 29) an image index can name manifests (other
+# platforms, build attestations) whose content `docker save` does not export, and the nodes'
+# import then fails with "content digest ... not found" (kubernetes-sigs/kind#3795).
+archive="$E2E_WORK_DIR/image.tar"
+if docker image save --help 2>/dev/null | grep -q -- '--platform'; then
+    docker image save --platform "linux/$(docker version --format '{{.Server.Arch}}')" \
+        -o "$archive" "$IMAGE"
+else
+    docker image save -o "$archive" "$IMAGE"
+fi
+kind load image-archive "$archive" --name "$KIND_CLUSTER" >&2
+rm -f "$archive"
+for node in $(kind get nodes --name "$KIND_CLUSTER"); do
+    docker exec "$node" crictl inspecti "$IMAGE" >/dev/null 2>&1 ||
+        fail "node $node does not have $IMAGE after \`kind load image-archive\` (crictl inspecti failed)"
+done
+ok "loaded $IMAGE into every node"
 
 # The same values for install and upgrade: the loaded image, never pulled (it exists nowhere
 # else), for the control plane and the injected containers alike.
