@@ -452,7 +452,8 @@ check_upgrade_keeps_root() {
     log "root before: $(base64 -d <"$before/ca-cert.pem.b64" | openssl x509 -noout -serial -enddate | tr '\n' ' ')"
 
     h upgrade palisade "$ROOT/charts/palisade" --namespace "$CONTROL_NS" --wait --timeout 5m0s \
-        "${HELM_VALUES[@]}" --set logLevel=debug >&2
+        "${HELM_VALUES[@]}" --set logLevel=debug >&2 ||
+        fail "helm upgrade failed or the release did not become ready within 5 minutes (helm's output is above)"
     revision="$(h status palisade -n "$CONTROL_NS" -o json | jq -r '.version')"
     expect_eq "release revision after helm upgrade" 2 "$revision"
     level="$(jsonpath deployment/palisade "$CONTROL_NS" '{.spec.template.spec.containers[0].env[?(@.name=="RUST_LOG")].value}')"

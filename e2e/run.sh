@@ -105,8 +105,9 @@ step "create kind cluster $KIND_CLUSTER (1 control plane, 2 workers)"
 # Marked before creating: a half-created cluster of this (checked to be new) name is ours too.
 CLUSTER_CREATED=1
 kind create cluster --name "$KIND_CLUSTER" --config "$ROOT/e2e/kind.yaml" \
-    --kubeconfig "$E2E_KUBECONFIG" --wait 180s >&2
-k wait --for=condition=Ready nodes --all --timeout=120s >&2
+    --kubeconfig "$E2E_KUBECONFIG" --wait 180s >&2 || fail "kind create cluster failed (its output is above)"
+k wait --for=condition=Ready nodes --all --timeout=120s >&2 ||
+    fail "the nodes did not become Ready within 120 s"
 nodes="$(k get nodes --no-headers | wc -l)"
 expect_eq "number of nodes" 3 "$((nodes))"
 ok "3 nodes Ready"
@@ -115,7 +116,8 @@ if [[ "$E2E_SKIP_BUILD" == 1 ]]; then
     step "use the local image $IMAGE (E2E_SKIP_BUILD=1)"
 else
     step "build the image $IMAGE (make image)"
-    make -C "$ROOT" --no-print-directory image IMAGE="$IMAGE" >&2
+    make -C "$ROOT" --no-print-directory image IMAGE="$IMAGE" >&2 ||
+        fail "make image failed (the build output is above)"
 fi
 docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "image $IMAGE is not in the local Docker"
 ok "image $IMAGE present"
@@ -129,8 +131,9 @@ step "load the image into the kind nodes"
 archive="$E2E_WORK_DIR/image.tar"
 docker image save --platform "linux/$(docker version --format '{{.Server.Arch}}')" \
     -o "$archive" "$IMAGE" 2>/dev/null ||
-    docker image save -o "$archive" "$IMAGE"
-kind load image-archive "$archive" --name "$KIND_CLUSTER" >&2
+    docker image save -o "$archive" "$IMAGE" || fail "docker image save $IMAGE failed"
+kind load image-archive "$archive" --name "$KIND_CLUSTER" >&2 ||
+    fail "kind load image-archive failed (its output is above)"
 rm -f "$archive"
 for node in $(kind get nodes --name "$KIND_CLUSTER"); do
     docker exec "$node" crictl inspecti "$IMAGE" >/dev/null 2>&1 ||
@@ -149,7 +152,8 @@ HELM_VALUES=(
 
 step "helm install palisade into $CONTROL_NS"
 h install palisade "$ROOT/charts/palisade" --namespace "$CONTROL_NS" --create-namespace \
-    --wait --timeout 5m0s "${HELM_VALUES[@]}" >&2
+    --wait --timeout 5m0s "${HELM_VALUES[@]}" >&2 ||
+    fail "helm install failed or the release was not ready within 5 minutes (helm's output is above)"
 ok "release installed: $(h list -n "$CONTROL_NS" -o json | jq -r '.[] | "\(.name) revision \(.revision) \(.status)"')"
 
 step "control plane: 2 Ready replicas on different nodes, a leader, the CA and the webhook's caBundle"
@@ -170,7 +174,8 @@ wait_for 90 "a dry-run pod in $MESH_NS to be injected by the webhook" dry_run_in
 ok "webhook injects"
 
 step "deploy the meshed server, the meshed client and the unmeshed client"
-k apply -f "$MANIFESTS/workloads.yaml" >&2
+k apply -f "$MANIFESTS/workloads.yaml" >&2 ||
+    fail "kubectl apply of $MANIFESTS/workloads.yaml failed (a refusal by the injector says why above)"
 ok "applied $(grep -c '^kind:' "$MANIFESTS/workloads.yaml") objects"
 
 step "injection happened: palisade-init, palisade-proxy (native sidecar), tlsMode label, status annotation"
