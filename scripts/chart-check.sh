@@ -7,7 +7,10 @@
 #      ci/custom-values.yaml (namespace mesh-ctl), each through `kubernetes-validate --strict`
 #      for Kubernetes 1.33, the mesh-wide PeerAuthentication through our CRD's schema, and the
 #      assertions in scripts/chart_assert.py;
-#   5. values.schema.json refuses bad values.
+#   5. values.schema.json refuses bad values;
+#   6. the kind e2e suite's helpers pass their offline self-test (e2e/selftest.sh), and the
+#      GitHub Actions workflows validate against the schema check-jsonschema ships
+#      (vendor.github-workflows, no network needed).
 # helm comes from scripts/install-helm.sh (cached after the first run); kubernetes-validate,
 # check-jsonschema and shellcheck from `make tools`.
 set -euo pipefail
@@ -128,4 +131,19 @@ podLabels.app\.kubernetes\.io/name=x|app.kubernetes.io/name
 unknownSetting=1|unknownSetting
 EOF
 echo "chart-check: values.schema.json refuses $refused bad settings"
+
+# 6. The e2e suite's own logic, and the workflows that run it and `make test`.
+for tool in jq openssl; do
+    command -v "$tool" >/dev/null || fail "$tool is missing (e2e/selftest.sh needs it; Debian: apt-get install $tool)"
+done
+e2e/selftest.sh >"$out/e2e-selftest" 2>&1 || fail "e2e/selftest.sh:"$'\n'"$(cat "$out/e2e-selftest")"
+cat "$out/e2e-selftest"
+shopt -s nullglob
+workflows=(.github/workflows/*.yml .github/workflows/*.yaml)
+shopt -u nullglob
+if ((${#workflows[@]})); then
+    check-jsonschema --builtin-schema vendor.github-workflows "${workflows[@]}" >"$out/workflows" 2>&1 ||
+        fail "GitHub Actions workflows do not match the schema:"$'\n'"$(cat "$out/workflows")"
+    echo "chart-check: ${#workflows[@]} GitHub Actions workflows match the schema"
+fi
 echo "chart-check: ok"
