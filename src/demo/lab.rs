@@ -155,10 +155,10 @@ pub struct Lab {
 impl Lab {
     /// Creates the hub namespace `<prefix>-hub` with bridge `br0` at [`HUB_IP`], and a scratch
     /// directory `dir` (created; removed with the lab). Leftovers of an earlier run with the
-    /// same prefix are removed first.
-    pub fn new(prefix: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// same prefix are removed first. Everything is registered in `cleanup` as it is made, so
+    /// a clone held elsewhere (a signal handler) can remove it even while this is running.
+    pub fn new(prefix: &str, dir: &Path, cleanup: Cleanup) -> anyhow::Result<Self> {
         remove_leftovers(prefix);
-        let cleanup = Cleanup::default();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         cleanup.lock().dirs.push(dir.to_path_buf());
         let hub = Pod {
