@@ -189,7 +189,15 @@ impl Lab {
 
     fn add_netns(&self, name: &str) -> anyhow::Result<()> {
         ip(&["netns", "add", name])?;
-        self.cleanup.lock().namespaces.push(name.to_string());
+        {
+            let mut state = self.cleanup.lock();
+            if state.done {
+                // Cleaned up meanwhile (Ctrl-C): undo at once, stop here.
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+                bail!("interrupted");
+            }
+            state.namespaces.push(name.to_string());
+        }
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 
@@ -252,16 +260,18 @@ impl Lab {
         let log_path = self.log_path(name);
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        self.cleanup
-            .lock()
-            .processes
-            .push((name.to_string(), child));
+        let mut state = self.cleanup.lock();
+        if state.done {
+            terminate(&mut child);
+            bail!("interrupted");
+        }
+        state.processes.push((name.to_string(), child));
         Ok(())
     }
 
