@@ -3,8 +3,9 @@
 //! used by the next connection while the listener and open connections stay up).
 //!
 //! `POST /inject` takes an AdmissionReview (at most [`MAX_BODY_BYTES`]) and answers within
-//! [`REQUEST_TIMEOUT`], well inside the API server's 10 s webhook timeout, so a slow lookup
-//! gives a clear error instead of the API server's generic one.
+//! [`REQUEST_TIMEOUT`], or half a second before the API server's own deadline when its
+//! `?timeout=` says that comes sooner (the webhook's `timeoutSeconds`), so a slow lookup gives
+//! a clear error instead of the API server's generic one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -119,11 +120,36 @@ async fn inject(State(injector): State<Arc<Injector>>, body: Bytes) -> Response 
     response
 }
 
+/// Kept between our answer and the API server's own deadline (network, its processing).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// The shortest deadline we work to, whatever the API server asks.
+const MIN_DEADLINE: Duration = Duration::from_millis(500);
+
+/// The deadline for one request: `limit`, shortened to end [`DEADLINE_MARGIN`] before the API
+/// server gives up when it says when that is (`?timeout=10s`, the webhook's `timeoutSeconds`),
+/// so a slow lookup gets our clear answer rather than the API server's generic timeout. An
+/// unreadable or absurd value is ignored.
+pub fn effective_deadline(query: Option<&str>, limit: Duration) -> Duration {
+    let asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("timeout="))
+        .and_then(|v| v.strip_suffix('s'))
+        .and_then(|secs| secs.parse::<f64>().ok())
+        .filter(|secs| secs.is_finite() && *secs > 0.0 && *secs <= 3600.0)
+        .map(Duration::from_secs_f64);
+    match asked {
+        Some(asked) => limit.min(asked.saturating_sub(DEADLINE_MARGIN).max(MIN_DEADLINE)),
+        None => limit,
+    }
+}
+
 async fn deadline(
     State((metrics, limit)): State<(WebhookMetrics, Duration)>,
     req: Request,
     next: Next,
 ) -> Response {
+    let limit = effective_deadline(req.uri().query(), limit);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {

@@ -184,3 +184,42 @@ async fn an_invalid_namespace_is_denied_before_any_lookup() {
     assert!(message.contains("not a valid namespace name"), "{message}");
     assert_eq!(lookups.0.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[test]
+fn the_deadline_ends_before_the_api_servers() {
+    let limit = Duration::from_secs(5);
+    for (query, want_ms) in [
+        (None, 5000),
+        (Some("timeout=10s"), 5000),
+        (Some("timeout=5s"), 4500),
+        (Some("dryRun=All&timeout=3s"), 2500),
+        (Some("timeout=1s"), 500),
+        (Some("timeout=0.2s"), 500),
+        (Some("timeout=2.5s"), 2000),
+        (Some("timeout=abc"), 5000),
+        (Some("timeout=5m"), 5000),
+        (Some("timeout=-1s"), 5000),
+        (Some("timeout=NaNs"), 5000),
+        (Some("timeout=1e300s"), 5000),
+        (Some("other=1"), 5000),
+    ] {
+        assert_eq!(
+            effective_deadline(query, limit),
+            Duration::from_millis(want_ms),
+            "{query:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_api_servers_timeout_shortens_the_deadline() {
+    // The router's own limit is an hour; the API server says it waits 2 s: answer by 1.5 s.
+    let app = router_with_deadline(injector(Arc::new(Slow)), Duration::from_secs(3600));
+    let started = tokio::time::Instant::now();
+    let req = Request::post("/inject?timeout=2s")
+        .body(Body::from(review()))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(started.elapsed(), Duration::from_millis(1500));
+}
