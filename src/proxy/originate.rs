@@ -332,3 +332,7 @@ impl ServerCertVerifier for SkipVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[path = "originate_tests.rs"]
+mod tests;
