@@ -42,6 +42,10 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
+/// Most connections one listener keeps open (each costs a task, two 32 KiB copy buffers and
+/// up to 16 KiB of detection buffer); beyond it new connections are closed on accept.
+pub const MAX_CONNECTIONS: usize = 16 * 1024;
+
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
@@ -61,6 +65,8 @@ pub struct Context {
     pub ports: Ports,
     pub orig_dst: OrigDstSource,
     pub timeouts: Timeouts,
+    /// Most connections open per listener ([`MAX_CONNECTIONS`] by default).
+    pub max_connections: usize,
     /// Mesh mTLS configurations following the identity and trust watches.
     pub mesh: Arc<MeshTls>,
     /// SIMPLE / MUTUAL origination configurations.
@@ -88,6 +94,7 @@ impl Context {
             ports,
             orig_dst: OrigDstSource::SocketOption,
             timeouts: Timeouts::default(),
+            max_connections: MAX_CONNECTIONS,
             mesh: Arc::new(mesh),
             originate: Arc::new(OriginateCache::default()),
             load: Arc::new(EndpointLoad::default()),

@@ -34,7 +34,15 @@ pub async fn serve(
     ctx: Context,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    super::listen::accept_until_shutdown(listener, shutdown, "inbound", move |stream, peer| {
+    let shed_ctx = ctx.clone();
+    let shed = move |peer: SocketAddr| {
+        shed_ctx.metrics.failure(DIRECTION, "overloaded");
+        if let Some(suppressed) = shed_ctx.inbound_log.allow() {
+            tracing::warn!(%peer, max = shed_ctx.max_connections, suppressed, "inbound connection limit reached; closing new connections");
+        }
+    };
+    let max = ctx.max_connections;
+    super::listen::accept_until_shutdown(listener, shutdown, "inbound", max, shed, move |stream, peer| {
         let ctx = ctx.clone();
         async move {
             let _open = ctx.metrics.opened(DIRECTION);
@@ -195,4 +203,63 @@ async fn connect_app(ctx: &Context, dst: SocketAddr) -> Result<TcpStream, Refuse
     };
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_one_byte_and_stalls_is_cut_off_at_the_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = pair().await;
+        client.write_all(&[22]).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let (detection, bytes, timed_out) = sniff(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(
+            (detection, bytes.as_slice(), timed_out),
+            (Detection::Other, &[22u8][..], true)
+        );
+        assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_other_after_the_wait_and_split_hellos_are_reassembled() {
+        use tokio::io::AsyncWriteExt;
+        let (_client, mut server) = pair().await;
+        let (detection, bytes, timed_out) = sniff(&mut server, Duration::from_millis(300)).await;
+        assert_eq!(
+            (detection, bytes.len(), timed_out),
+            (Detection::Other, 0, true)
+        );
+
+        let (mut client, mut server) = pair().await;
+        let hello = crate::proxy::test_pki::client_hello(&[crate::proxy::MESH_ALPN]);
+        let (head, tail) = hello.split_at(7);
+        client.write_all(head).await.unwrap();
+        let task = tokio::spawn(async move { sniff(&mut server, Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        client.write_all(tail).await.unwrap();
+        let (detection, bytes, timed_out) = task.await.unwrap();
+        assert_eq!((detection, timed_out), (Detection::MeshTls, false));
+        assert_eq!(bytes, hello, "every byte kept for the handshake");
+
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"EHLO").await.unwrap();
+        client.shutdown().await.unwrap();
+        let (detection, bytes, _) = sniff(&mut server, Duration::from_secs(5)).await;
+        assert_eq!(
+            (detection, bytes.as_slice()),
+            (Detection::Other, &b"EHLO"[..])
+        );
+    }
 }

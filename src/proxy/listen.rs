@@ -11,11 +11,15 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Runs `handle` for each accepted connection until `shutdown` is true (or its sender is
-/// gone), then waits for every connection task to end.
+/// gone), then waits for every connection task to end. With `max` connections open, a new one
+/// is closed as soon as it is accepted (before any read) and `shed` is told: a flood of
+/// clients that send one byte and stall costs a bounded amount of memory.
 pub async fn accept_until_shutdown<F, Fut>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     name: &'static str,
+    max: usize,
+    shed: impl Fn(SocketAddr),
     handle: F,
 ) -> std::io::Result<()>
 where
@@ -27,6 +31,8 @@ where
         if *shutdown.borrow_and_update() {
             break;
         }
+        // Reap finished connections so the set holds only open ones (and `len` counts them).
+        while connections.try_join_next().is_some() {}
         tokio::select! {
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -34,6 +40,10 @@ where
                 }
             }
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= max => {
+                    drop(stream);
+                    shed(peer);
+                }
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     connections.spawn(handle(stream, peer));
@@ -45,8 +55,6 @@ where
                 }
             },
         }
-        // Reap finished connections so the set holds only open ones.
-        while connections.try_join_next().is_some() {}
     }
     drop(listener);
     tracing::info!(

@@ -33,7 +33,15 @@ pub async fn serve(
     ctx: Context,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    super::listen::accept_until_shutdown(listener, shutdown, "outbound", move |stream, peer| {
+    let shed_ctx = ctx.clone();
+    let shed = move |peer: SocketAddr| {
+        shed_ctx.metrics.failure(DIRECTION, "overloaded");
+        if let Some(suppressed) = shed_ctx.outbound_log.allow() {
+            tracing::warn!(%peer, max = shed_ctx.max_connections, suppressed, "outbound connection limit reached; closing new connections");
+        }
+    };
+    let max = ctx.max_connections;
+    super::listen::accept_until_shutdown(listener, shutdown, "outbound", max, shed, move |stream, peer| {
         let ctx = ctx.clone();
         async move {
             let _open = ctx.metrics.opened(DIRECTION);

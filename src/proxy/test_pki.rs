@@ -121,3 +121,20 @@ pub fn trust(roots: &[&CertificateDer<'static>]) -> Arc<Trust> {
         roots: roots.iter().map(|r| (*r).clone()).collect(),
     })
 }
+
+/// The first flight of a rustls client offering `alpn`.
+pub fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+    let mut config = rustls::ClientConfig::builder_with_provider(crate::proxy::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = "10.0.0.1".try_into().unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).unwrap();
+    }
+    out
+}

@@ -572,3 +572,23 @@ async fn shutdown_stops_accepting_and_waits_for_open_connections() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_are_closed_and_open_ones_served() {
+    let ca = Ca::new();
+    let (app, _) = echo_app().await;
+    let mut server = proxy(
+        &ca,
+        Some(ca.identity("b", "server")),
+        Some(inbound_policy(pb::MtlsMode::Disable)),
+        OrigDstSource::Fixed(app),
+    );
+    server.ctx.max_connections = 1;
+    let (addr, _stop, _) = start(&server, true).await;
+    let mut open = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(round_trip(&mut open, b"a").await, b"a");
+    let mut shed = TcpStream::connect(addr).await.unwrap();
+    assert_closed(&mut shed).await;
+    assert_eq!(failures(&server.metrics, "inbound", "overloaded"), 1);
+    assert_eq!(round_trip(&mut open, b"b").await, b"b");
+}
