@@ -5,8 +5,23 @@
 //! and every new connection reads the latest; established connections keep what they began
 //! with.
 
+pub mod balance;
+pub mod context;
+pub mod detect;
+pub mod forward;
+pub mod inbound;
+mod listen;
 pub mod metrics;
+pub mod orig_dst;
+pub mod originate;
+pub mod outbound;
+pub mod route;
 pub mod state;
+#[cfg(test)]
+mod test_pki;
+pub mod tls;
+
+pub use context::{ConnectionInfo, Context, Ports, Timeouts};
 
 /// The ALPN protocol a Palisade proxy offers when it originates mesh mTLS, and by which the
 /// receiving proxy tells a mesh handshake from anything else (the application's own TLS
