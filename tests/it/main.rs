@@ -9,6 +9,7 @@ mod explain;
 mod explain_authz;
 mod grpc_limits;
 mod init_netns;
+mod proxy_agent;
 mod sds;
 mod standalone_xds;
 mod support;
