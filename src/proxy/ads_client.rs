@@ -37,6 +37,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest reconnection delay (before jitter).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on the stream: a control plane that vanished without closing the connection
+/// (node lost, network partition) is noticed within interval + timeout, and the proxy
+/// reconnects instead of waiting forever on a dead stream.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a ping may go unanswered.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request the proxy sends (ACKs and NACKs are small).
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -247,6 +253,9 @@ async fn connect(
     Endpoint::from_shared(format!("http://{}", config.address))
         .map_err(|e| fail(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect_with_connector(connector)
         .await
         .map_err(|e| fail(crate::error_chain(&e)))
