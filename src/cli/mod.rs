@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 mod duration;
 pub mod init;
+pub mod proxy;
 pub mod token;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ pub enum Command {
     Certificate(certificate::Args),
     /// Install the iptables rules that send a pod's traffic through its proxy.
     Init(init::Args),
+    /// Run the sidecar proxy (started by the injector in every meshed pod).
+    Proxy(proxy::Args),
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
@@ -55,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Token(args) => token::run(args),
         Command::Certificate(args) => certificate::run(args),
         Command::Init(args) => init::run(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

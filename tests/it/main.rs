@@ -9,6 +9,8 @@ mod explain;
 mod explain_authz;
 mod grpc_limits;
 mod init_netns;
+mod proxy_agent;
+mod proxy_netns;
 mod proxy_datapath;
 mod proxy_pki;
 mod sds;
