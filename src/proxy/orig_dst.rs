@@ -91,8 +91,11 @@ pub fn is_loop(dst: SocketAddr, local: SocketAddr, proxy_ports: &[u16]) -> bool 
 /// SO_ORIGINAL_DST or IP6T_SO_ORIGINAL_DST, by the family of the socket.
 fn socket_option(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
+    // On the dual-stack listener an IPv4 connection arrives with a v4-mapped local address;
+    // its conntrack entry is IPv4, so it is asked for with the IPv4 option.
     let addr = match stream.local_addr()? {
         SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => sock.original_dst_v4()?,
         SocketAddr::V6(_) => sock.original_dst_v6()?,
     };
     addr.as_socket().ok_or_else(|| {
