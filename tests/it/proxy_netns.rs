@@ -217,7 +217,8 @@ impl Capture {
 
     /// Payloads between `a` and `b` (either direction) seen since `since` frames.
     fn between(&self, a: Ipv4Addr, b: Ipv4Addr, since: usize) -> Vec<Vec<u8>> {
-        self.frames.lock().unwrap()[since.min(self.len())..]
+        let frames = self.frames.lock().unwrap();
+        frames[since.min(frames.len())..]
             .iter()
             .filter(|(s, d, _)| (s.ip() == a && d.ip() == b) || (s.ip() == b && d.ip() == a))
             .map(|(_, _, p)| p.clone())
@@ -418,9 +419,10 @@ fn mesh_end_to_end() {
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("pal-e2e-{}", std::process::id() % 100_000);
+    // A fixed prefix: a run that was killed outright is cleaned up by the next one.
+    let prefix = "pal-e2e";
     let mesh = Mesh::start(
-        &prefix,
+        prefix,
         &dir.path().join("lab"),
         &support::palisade_bin(),
         &["--default-ttl", CERT_TTL],
