@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::context::{ConnectionInfo, Context};
 use super::detect::{Detection, MAX_PEEK, detect};
 use super::forward::{Rewind, forward};
+use super::listen::Refusal;
 use super::metrics::{Direction, TlsMode};
 use crate::xds::proto::palisade_v1::MtlsMode;
 
@@ -34,31 +35,15 @@ pub async fn serve(
     ctx: Context,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let shed_ctx = ctx.clone();
-    let shed = move |peer: SocketAddr| {
-        shed_ctx.metrics.failure(DIRECTION, "overloaded");
-        if let Some(suppressed) = shed_ctx.inbound_log.allow() {
-            tracing::warn!(%peer, max = shed_ctx.max_connections, suppressed, "inbound connection limit reached; closing new connections");
-        }
-    };
-    let max = ctx.max_connections;
-    super::listen::accept_until_shutdown(listener, shutdown, "inbound", max, shed, move |stream, peer| {
-        let ctx = ctx.clone();
-        async move {
-            let _open = ctx.metrics.opened(DIRECTION);
-            if let Err(reason) = handle(&ctx, stream, peer).await {
-                ctx.metrics.failure(DIRECTION, reason.0);
-                if let Some(suppressed) = ctx.inbound_log.allow() {
-                    tracing::warn!(%peer, reason = reason.0, detail = %reason.1, suppressed, "inbound connection refused");
-                }
-            }
-        }
-    })
+    super::listen::serve(
+        listener,
+        ctx,
+        shutdown,
+        DIRECTION,
+        |ctx, stream, peer| async move { handle(&ctx, stream, peer).await },
+    )
     .await
 }
-
-/// A refusal: the metric reason and the detail for the log (never sent to the peer).
-struct Refused(&'static str, String);
 
 /// Reads the client's first bytes until [`detect`] decides, the buffer holds [`MAX_PEEK`], the
 /// client ends its stream, or `wait` passes. Bytes are taken off the socket (a peek cannot
@@ -96,11 +81,11 @@ async fn sniff(stream: &mut TcpStream, wait: Duration) -> (Detection, Vec<u8>, b
     }
 }
 
-async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Result<(), Refused> {
+async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
     let dst = ctx
         .orig_dst
         .resolve(&stream, peer, &ctx.ports.all())
-        .map_err(|e| Refused(e.reason(), e.to_string()))?;
+        .map_err(|e| Refusal(e.reason(), e.to_string()))?;
     let policy = ctx.shared.policy.borrow().clone();
     let mode = policy
         .as_deref()
@@ -116,8 +101,8 @@ async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Resul
             let acceptor = TlsAcceptor::from(ctx.mesh.server_config());
             let tls = tokio::time::timeout(ctx.timeouts.handshake, acceptor.accept(client))
                 .await
-                .map_err(|_| Refused("handshake_timeout", "TLS handshake timed out".into()))?
-                .map_err(|e| Refused(super::tls::failure_reason(&e), e.to_string()))?;
+                .map_err(|_| Refusal("handshake_timeout", "TLS handshake timed out".into()))?
+                .map_err(|e| Refusal(super::tls::failure_reason(&e), e.to_string()))?;
             let info = ConnectionInfo {
                 peer_identity: super::tls::handshake_peer_id(
                     tls.get_ref().1,
@@ -144,7 +129,7 @@ async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Resul
                     "STRICT port; the client did not start mesh mTLS".to_string(),
                 )
             };
-            Err(Refused(reason, format!("{detail} (port {})", dst.port())))
+            Err(Refusal(reason, format!("{detail} (port {})", dst.port())))
         }
         _ => {
             let info = ConnectionInfo {
@@ -171,7 +156,7 @@ where
 
 /// The app on the original port: loopback first, then the original destination (the pod IP)
 /// when loopback refuses.
-async fn connect_app(ctx: &Context, dst: SocketAddr) -> Result<TcpStream, Refused> {
+async fn connect_app(ctx: &Context, dst: SocketAddr) -> Result<TcpStream, Refusal> {
     let loopback = if dst.is_ipv4() {
         SocketAddr::from(([127, 0, 0, 1], dst.port()))
     } else {
@@ -184,18 +169,18 @@ async fn connect_app(ctx: &Context, dst: SocketAddr) -> Result<TcpStream, Refuse
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused && dst != loopback => {
             match tokio::time::timeout(timeout, TcpStream::connect(dst)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(Refused("connect_failed", format!("app at {dst}: {e}"))),
+                Ok(Err(e)) => return Err(Refusal("connect_failed", format!("app at {dst}: {e}"))),
                 Err(_) => {
-                    return Err(Refused(
+                    return Err(Refusal(
                         "connect_failed",
                         format!("app at {dst}: timed out"),
                     ));
                 }
             }
         }
-        Ok(Err(e)) => return Err(Refused("connect_failed", format!("app at {loopback}: {e}"))),
+        Ok(Err(e)) => return Err(Refusal("connect_failed", format!("app at {loopback}: {e}"))),
         Err(_) => {
-            return Err(Refused(
+            return Err(Refusal(
                 "connect_failed",
                 format!("app at {loopback}: timed out"),
             ));

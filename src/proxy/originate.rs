@@ -284,9 +284,10 @@ impl ServerCertVerifier for SanVerifier {
 }
 
 /// `insecureSkipVerify`: the rule asked not to verify the server's certificate. Handshake
-/// signatures are still checked (they prove the key, not the identity).
+/// signatures are still checked (they prove the key, not the identity). Also what an HTTPS
+/// app probe uses: kubelet does not verify the app's certificate either.
 #[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
+pub(crate) struct SkipVerify(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for SkipVerify {
     fn verify_server_cert(

@@ -21,6 +21,7 @@ use super::MESH_ALPN;
 use super::balance::LoadGuard;
 use super::context::Context;
 use super::forward::forward;
+use super::listen::Refusal;
 use super::metrics::{Direction, TlsMode};
 use super::route::{Route, Security, route};
 
@@ -33,41 +34,25 @@ pub async fn serve(
     ctx: Context,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let shed_ctx = ctx.clone();
-    let shed = move |peer: SocketAddr| {
-        shed_ctx.metrics.failure(DIRECTION, "overloaded");
-        if let Some(suppressed) = shed_ctx.outbound_log.allow() {
-            tracing::warn!(%peer, max = shed_ctx.max_connections, suppressed, "outbound connection limit reached; closing new connections");
-        }
-    };
-    let max = ctx.max_connections;
-    super::listen::accept_until_shutdown(listener, shutdown, "outbound", max, shed, move |stream, peer| {
-        let ctx = ctx.clone();
-        async move {
-            let _open = ctx.metrics.opened(DIRECTION);
-            if let Err(reason) = handle(&ctx, stream, peer).await {
-                ctx.metrics.failure(DIRECTION, reason.0);
-                if let Some(suppressed) = ctx.outbound_log.allow() {
-                    tracing::warn!(%peer, reason = reason.0, detail = %reason.1, suppressed, "outbound connection failed");
-                }
-            }
-        }
-    })
+    super::listen::serve(
+        listener,
+        ctx,
+        shutdown,
+        DIRECTION,
+        |ctx, stream, peer| async move { handle(&ctx, stream, peer).await },
+    )
     .await
 }
 
-/// A failure: the metric reason and the detail for the log.
-struct Failed(&'static str, String);
-
-async fn handle(ctx: &Context, client: TcpStream, peer: SocketAddr) -> Result<(), Failed> {
+async fn handle(ctx: &Context, client: TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
     let dst = ctx
         .orig_dst
         .resolve(&client, peer, &ctx.ports.all())
-        .map_err(|e| Failed(e.reason(), e.to_string()))?;
+        .map_err(|e| Refusal(e.reason(), e.to_string()))?;
     let policy = ctx.shared.policy.borrow().clone();
     let (addr, security, unknown, _guard): (SocketAddr, Security, bool, Option<LoadGuard>) =
         match route(policy.as_deref(), dst) {
-            Route::Refuse(reason) => return Err(Failed(reason, format!("to {dst}"))),
+            Route::Refuse(reason) => return Err(Refusal(reason, format!("to {dst}"))),
             Route::Direct {
                 addr,
                 security,
@@ -78,17 +63,17 @@ async fn handle(ctx: &Context, client: TcpStream, peer: SocketAddr) -> Result<()
                 let (i, guard) = ctx
                     .load
                     .pick(&addrs)
-                    .ok_or_else(|| Failed("no_endpoints", fqdn.clone()))?;
+                    .ok_or_else(|| Refusal("no_endpoints", fqdn.clone()))?;
                 let (addr, security) = endpoints
                     .into_iter()
                     .nth(i)
-                    .ok_or(Failed("no_endpoints", fqdn))?;
+                    .ok_or(Refusal("no_endpoints", fqdn))?;
                 (addr, security, false, Some(guard))
             }
         };
     drop(policy);
     if matches!(security, Security::Mesh { .. }) && ctx.shared.identity.borrow().is_none() {
-        return Err(Failed("no_identity", "no workload certificate yet".into()));
+        return Err(Refusal("no_identity", "no workload certificate yet".into()));
     }
     let upstream = connect(ctx, addr).await?;
     match security {
@@ -103,11 +88,11 @@ async fn handle(ctx: &Context, client: TcpStream, peer: SocketAddr) -> Result<()
             let config = ctx
                 .mesh
                 .client_config(&expected)
-                .map_err(|e| Failed("handshake_failed", e.to_string()))?;
+                .map_err(|e| Refusal("handshake_failed", e.to_string()))?;
             let name = ServerName::IpAddress(addr.ip().into());
             let tls = handshake(ctx, config, name, upstream).await?;
             if tls.get_ref().1.alpn_protocol() != Some(MESH_ALPN) {
-                return Err(Failed(
+                return Err(Refusal(
                     "not_a_mesh_server",
                     format!("{addr} did not select the mesh ALPN"),
                 ));
@@ -119,7 +104,7 @@ async fn handle(ctx: &Context, client: TcpStream, peer: SocketAddr) -> Result<()
         }
         Security::Originate(rule) => {
             let originated = ctx.originate.get(&rule, addr.ip()).map_err(|e| {
-                Failed(
+                Refusal(
                     "tls_origination_config",
                     format!("{} ({})", e, rule.decided_by),
                 )
@@ -137,20 +122,20 @@ async fn handshake(
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     upstream: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Failed> {
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Refusal> {
     let connector = TlsConnector::from(config);
     let addr = upstream.peer_addr().ok();
     tokio::time::timeout(ctx.timeouts.handshake, connector.connect(name, upstream))
         .await
-        .map_err(|_| Failed("handshake_timeout", format!("{addr:?}")))?
-        .map_err(|e| Failed(super::tls::failure_reason(&e), format!("{addr:?}: {e}")))
+        .map_err(|_| Refusal("handshake_timeout", format!("{addr:?}")))?
+        .map_err(|e| Refusal(super::tls::failure_reason(&e), format!("{addr:?}: {e}")))
 }
 
-async fn connect(ctx: &Context, addr: SocketAddr) -> Result<TcpStream, Failed> {
+async fn connect(ctx: &Context, addr: SocketAddr) -> Result<TcpStream, Refusal> {
     let stream = tokio::time::timeout(ctx.timeouts.connect, TcpStream::connect(addr))
         .await
-        .map_err(|_| Failed("connect_failed", format!("{addr}: timed out")))?
-        .map_err(|e| Failed("connect_failed", format!("{addr}: {e}")))?;
+        .map_err(|_| Refusal("connect_failed", format!("{addr}: timed out")))?
+        .map_err(|e| Refusal("connect_failed", format!("{addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
