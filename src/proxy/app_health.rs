@@ -4,8 +4,8 @@
 //! `PALISADE_APP_PROBES` (JSON: app-health path -> Kubernetes `Probe`, named ports already
 //! resolved). They are parsed once at start and run against 127.0.0.1 from inside the pod, the
 //! way the kubelet would run them: HTTP(S) GET succeeds on a status in 200..400 (HTTPS accepts
-//! any certificate, as the kubelet does), a TCP probe on a completed connect. gRPC health
-//! probes are not supported: they answer 500 and say so.
+//! any certificate, as the kubelet does), a TCP probe on a completed connect, a gRPC probe on
+//! `grpc.health.v1.Health/Check` answering SERVING.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,8 +44,9 @@ pub enum Action {
     },
     /// A TCP connect to `port`.
     Tcp { port: u16 },
-    /// A gRPC health check (not supported: always fails, saying so).
-    Grpc { port: u16 },
+    /// A gRPC health check (`grpc.health.v1.Health/Check` of `service`, plaintext HTTP/2 as
+    /// the kubelet speaks it): success only on SERVING.
+    Grpc { port: u16, service: String },
 }
 
 /// One original probe.
@@ -144,6 +145,7 @@ fn convert(probe: &Probe) -> Result<AppProbe, String> {
                 .ok()
                 .filter(|p| *p != 0)
                 .ok_or_else(|| format!("port {} is not 1..65535", grpc.port))?,
+            service: grpc.service.clone().unwrap_or_default(),
         }
     } else {
         return Err("no httpGet, tcpSocket or grpc action".into());
@@ -216,7 +218,7 @@ async fn run_action(action: &Action) -> Outcome {
             .await
             .map(|_| "connected".to_string())
             .map_err(|e| format!("connect: {e}")),
-        Action::Grpc { .. } => Err("grpc probes not supported".into()),
+        Action::Grpc { port, service } => grpc_check(*port, service).await,
         Action::Http {
             port,
             path,
@@ -320,6 +322,27 @@ fn any_certificate() -> Result<rustls::ClientConfig, String> {
             .with_custom_certificate_verifier(Arc::new(super::originate::SkipVerify(provider)))
             .with_no_client_auth(),
     )
+}
+
+/// `grpc.health.v1.Health/Check` against 127.0.0.1:`port` (the caller bounds the time).
+async fn grpc_check(port: u16, service: &str) -> Outcome {
+    use crate::xds::proto::grpc_health_v1::health_check_response::ServingStatus;
+    use crate::xds::proto::grpc_health_v1::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| format!("endpoint: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {}", crate::error_chain(&e)))?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(|status| format!("gRPC {:?}: {}", status.code(), status.message()))?;
+    match response.into_inner().status() {
+        ServingStatus::Serving => Ok("SERVING".into()),
+        other => Err(other.as_str_name().to_string()),
+    }
 }
 
 #[cfg(test)]

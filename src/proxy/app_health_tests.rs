@@ -35,7 +35,10 @@ fn parses_what_the_injector_writes() {
     assert_eq!(startup.timeout, Duration::from_secs(1), "the default");
     assert_eq!(
         probes.get("grpc-app", "readyz").unwrap().action,
-        Action::Grpc { port: 9090 }
+        Action::Grpc {
+            port: 9090,
+            service: String::new()
+        }
     );
     assert!(probes.get("web", "healthz").is_none());
     assert!(probes.get("other", "livez").is_none());
@@ -206,10 +209,66 @@ async fn tcp_and_grpc_probes() {
         .await
         .is_err()
     );
-    assert_eq!(
-        run(&probe(Action::Grpc { port: open })).await,
-        Err("grpc probes not supported".into())
+    // Something that is not a gRPC server fails the gRPC probe.
+    drop(listener);
+    assert!(
+        run(&probe(Action::Grpc {
+            port: open,
+            service: String::new()
+        }))
+        .await
+        .is_err()
     );
+}
+
+/// A gRPC health server: "" is SERVING, "down" NOT_SERVING, anything else NOT_FOUND.
+struct Health;
+
+#[tonic::async_trait]
+impl crate::xds::proto::grpc_health_v1::health_server::Health for Health {
+    async fn check(
+        &self,
+        request: tonic::Request<crate::xds::proto::grpc_health_v1::HealthCheckRequest>,
+    ) -> Result<
+        tonic::Response<crate::xds::proto::grpc_health_v1::HealthCheckResponse>,
+        tonic::Status,
+    > {
+        use crate::xds::proto::grpc_health_v1::health_check_response::ServingStatus;
+        let status = match request.get_ref().service.as_str() {
+            "" => ServingStatus::Serving,
+            "down" => ServingStatus::NotServing,
+            _ => return Err(tonic::Status::not_found("unknown service")),
+        };
+        Ok(tonic::Response::new(
+            crate::xds::proto::grpc_health_v1::HealthCheckResponse {
+                status: status as i32,
+            },
+        ))
+    }
+}
+
+#[tokio::test]
+async fn grpc_probes_ask_the_health_service() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                crate::xds::proto::grpc_health_v1::health_server::HealthServer::new(Health),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let probe = |service: &str| AppProbe {
+        action: Action::Grpc {
+            port,
+            service: service.into(),
+        },
+        timeout: Duration::from_secs(5),
+    };
+    assert_eq!(run(&probe("")).await, Ok("SERVING".into()));
+    assert_eq!(run(&probe("down")).await, Err("NOT_SERVING".into()));
+    let unknown = run(&probe("other")).await.unwrap_err();
+    assert!(unknown.contains("NotFound"), "{unknown}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,6 +21,13 @@ pub mod proto {
         tonic::include_proto!("istio.v1.auth");
     }
 
+    /// `grpc.health.v1`: the health checking protocol, for applications' gRPC probes that the
+    /// proxy runs.
+    #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+    pub mod grpc_health_v1 {
+        tonic::include_proto!("grpc.health.v1");
+    }
+
     /// `palisade.v1`: the policy-distribution resources carried over ADS (see
     /// `proto/palisade/v1/mesh.proto` for the contract a proxy implements).
     #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
