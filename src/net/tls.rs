@@ -287,3 +287,47 @@ fn accept_loop(
     });
     rx
 }
+
+/// The handshake-signature methods every rustls certificate verifier (client or server side)
+/// must have, checked with the algorithms of the verifier's crypto provider (the expression
+/// after `self.`, e.g. `provider` or `roots.provider`). `tls13_only:` leaves
+/// `verify_tls12_signature` to the caller (verifiers of TLS 1.3-only configurations refuse it).
+macro_rules! handshake_signatures {
+    (tls13_only: $($provider:tt)+) => {
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.$($provider)+.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$($provider)+.signature_verification_algorithms.supported_schemes()
+        }
+    };
+    ($($provider:tt)+) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.$($provider)+.signature_verification_algorithms,
+            )
+        }
+
+        $crate::net::tls::handshake_signatures!(tls13_only: $($provider)+);
+    };
+}
+pub(crate) use handshake_signatures;

@@ -333,25 +333,7 @@ impl ServerCertVerifier for LiveServerVerifier {
         Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::net::tls::handshake_signatures!(tls13_only: provider);
 }
 
 /// Dials the control plane and runs the TLS handshake (for tonic's `connect_with_connector`).

@@ -234,26 +234,7 @@ impl ClientCertVerifier for MeshClientVerifier {
         ))
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.roots.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.roots
-            .provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::net::tls::handshake_signatures!(tls13_only: roots.provider);
 }
 
 /// Client side: the server's chain verifies against the current bundle (as a server
@@ -306,26 +287,7 @@ impl ServerCertVerifier for MeshServerVerifier {
         ))
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.roots.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.roots
-            .provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::net::tls::handshake_signatures!(tls13_only: roots.provider);
 }
 
 /// The crypto provider of every data-path configuration: aws-lc-rs, whose default key-exchange
