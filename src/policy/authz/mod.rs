@@ -18,6 +18,7 @@ mod compile;
 mod decide;
 mod matcher;
 mod status;
+pub mod wire;
 
 use std::net::IpAddr;
 
