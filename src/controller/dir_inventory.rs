@@ -45,7 +45,7 @@ impl PolicyAges {
         self.seqs.retain(|(kind, key), _| match kind {
             PolicyKind::PeerAuthentication => inventory.peer_authentications.contains_key(key),
             PolicyKind::DestinationRule => inventory.destination_rules.contains_key(key),
-            PolicyKind::AuthorizationPolicy => false,
+            PolicyKind::AuthorizationPolicy => inventory.authorization_policies.contains_key(key),
         });
     }
 }
@@ -121,6 +121,14 @@ pub(crate) fn build<'a>(
                 .is_some();
             note("DestinationRule", key, existed);
         }
+        for policy in &manifests.authorization_policies {
+            let (key, record) = policy_record(policy, PolicyKind::AuthorizationPolicy, ages);
+            let existed = inventory
+                .authorization_policies
+                .insert(key.clone(), Arc::new(record))
+                .is_some();
+            note("AuthorizationPolicy", key, existed);
+        }
     }
     let named = inventory
         .pods
@@ -128,6 +136,7 @@ pub(crate) fn build<'a>(
         .chain(inventory.services.keys())
         .chain(inventory.peer_authentications.keys())
         .chain(inventory.destination_rules.keys())
+        .chain(inventory.authorization_policies.keys())
         .map(|k| k.namespace.clone());
     for name in named.collect::<Vec<_>>() {
         namespaces.entry(name.clone()).or_insert(NamespaceInfo {

@@ -95,6 +95,25 @@ async fn a_new_peer_authentication_file_appears_within_a_deadline() {
 }
 
 #[tokio::test]
+async fn authorization_policy_files_are_read_and_removed_with_their_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    put(dir.path(), "workloads.yaml", WORKLOADS);
+    let (source, metrics) = start(dir.path());
+    synced(&source).await;
+    let ap = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-evil, namespace: shop}\nspec:\n  action: DENY\n  rules: [{from: [{source: {namespaces: [evil]}}]}]\n";
+    put(dir.path(), "authz.yaml", ap);
+    let snapshot = snapshot_where(&source, |i| !i.authorization_policies.is_empty()).await;
+    let record = &snapshot.authorization_policies[&key("deny-evil")];
+    assert_eq!(
+        record.policy.spec.effective_action(),
+        crate::api::AuthorizationAction::Deny
+    );
+    std::fs::remove_file(dir.path().join("authz.yaml")).expect("remove");
+    snapshot_where(&source, |i| i.authorization_policies.is_empty()).await;
+    assert_eq!(metrics.config_errors.get(), 0);
+}
+
+#[tokio::test]
 async fn workloads_services_endpoints_and_namespaces_come_from_the_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     put(dir.path(), "workloads.yaml", WORKLOADS);

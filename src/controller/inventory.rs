@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::api::{DestinationRuleSpec, PeerAuthenticationSpec, PolicyStatus};
+use crate::api::{
+    AuthorizationPolicySpec, DestinationRuleSpec, PeerAuthenticationSpec, PolicyStatus,
+};
 use crate::policy::{MeshConfig, MeshInput, NamespaceInfo, Policy, ServiceInfo, Workload};
 
 /// `namespace/name` of a namespaced object.
@@ -111,6 +113,8 @@ pub struct Inventory {
     pub peer_authentications: BTreeMap<ObjectKey, Arc<PolicyRecord<PeerAuthenticationSpec>>>,
     /// DestinationRules by `namespace/name`.
     pub destination_rules: BTreeMap<ObjectKey, Arc<PolicyRecord<DestinationRuleSpec>>>,
+    /// AuthorizationPolicies by `namespace/name`.
+    pub authorization_policies: BTreeMap<ObjectKey, Arc<PolicyRecord<AuthorizationPolicySpec>>>,
 }
 
 impl Inventory {
@@ -154,6 +158,10 @@ impl Inventory {
             &mut self.peer_authentications,
         );
         share(&previous.destination_rules, &mut self.destination_rules);
+        share(
+            &previous.authorization_policies,
+            &mut self.authorization_policies,
+        );
         self
     }
 
@@ -166,6 +174,15 @@ impl Inventory {
             && same(&self.endpoints, &other.endpoints)
             && same(&self.peer_authentications, &other.peer_authentications)
             && same(&self.destination_rules, &other.destination_rules)
+            && same(&self.authorization_policies, &other.authorization_policies)
+    }
+
+    /// The AuthorizationPolicies, as the authorization engine takes them.
+    pub fn authz_policies(&self) -> Vec<Policy<AuthorizationPolicySpec>> {
+        self.authorization_policies
+            .values()
+            .map(|r| r.policy.clone())
+            .collect()
     }
 }
 

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::inventory::{EndpointRecord, ObjectKey, PodRecord, PolicyRecord, ServiceRecord};
 use crate::api::objects::{cluster_ips, pod_active, service_info, workload};
-use crate::api::{DestinationRule, PeerAuthentication};
+use crate::api::{AuthorizationPolicy, DestinationRule, PeerAuthentication};
 use crate::policy::{NamespaceInfo, Policy, PolicyMeta};
 
 /// Label that names the Service an EndpointSlice belongs to.
@@ -166,6 +166,13 @@ pub fn peer_authentication_record(
 pub fn destination_rule_record(
     object: &DestinationRule,
 ) -> Option<(ObjectKey, PolicyRecord<crate::api::DestinationRuleSpec>)> {
+    policy_record(&object.metadata, &object.spec, object.status.as_ref())
+}
+
+/// An AuthorizationPolicy's record: spec, generation and current status.
+pub fn authorization_policy_record(
+    object: &AuthorizationPolicy,
+) -> Option<(ObjectKey, PolicyRecord<crate::api::AuthorizationPolicySpec>)> {
     policy_record(&object.metadata, &object.spec, object.status.as_ref())
 }
 

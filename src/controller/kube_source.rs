@@ -1,5 +1,5 @@
 //! The inventory from the Kubernetes API: one kube-runtime watcher per kind (PeerAuthentication,
-//! DestinationRule, Pod, Service, EndpointSlice, Namespace), each object reduced to its record
+//! DestinationRule, AuthorizationPolicy, Pod, Service, EndpointSlice, Namespace), each object reduced to its record
 //! the moment it arrives ([`super::kube_records`]), and one task that keeps reflector-style
 //! stores of those records and publishes coalesced snapshots.
 //!
@@ -43,7 +43,8 @@ use super::inventory::{
 };
 use super::kube_records::{self, SliceRecord, key_of};
 use crate::api::{
-    DestinationRule, DestinationRuleSpec, PeerAuthentication, PeerAuthenticationSpec,
+    AuthorizationPolicy, AuthorizationPolicySpec, DestinationRule, DestinationRuleSpec,
+    PeerAuthentication, PeerAuthenticationSpec,
 };
 use crate::policy::NamespaceInfo;
 
@@ -126,11 +127,20 @@ impl KubeSource {
                 m.clone(),
             ),
             spawn_watcher(
-                Api::<DestinationRule>::all(client),
+                Api::<DestinationRule>::all(client.clone()),
                 "DestinationRule",
                 kube_records::destination_rule_record,
                 |o: &DestinationRule| key_of(&o.metadata),
                 |d| Message::DestinationRule(Box::new(d)),
+                tx.clone(),
+                m.clone(),
+            ),
+            spawn_watcher(
+                Api::<AuthorizationPolicy>::all(client),
+                "AuthorizationPolicy",
+                kube_records::authorization_policy_record,
+                |o: &AuthorizationPolicy| key_of(&o.metadata),
+                |d| Message::AuthorizationPolicy(Box::new(d)),
                 tx,
                 metrics,
             ),
@@ -186,6 +196,7 @@ pub(crate) enum Message {
     // Policies are large; boxed so every message is not.
     PeerAuthentication(Box<Delta<ObjectKey, PolicyRecord<PeerAuthenticationSpec>>>),
     DestinationRule(Box<Delta<ObjectKey, PolicyRecord<DestinationRuleSpec>>>),
+    AuthorizationPolicy(Box<Delta<ObjectKey, PolicyRecord<AuthorizationPolicySpec>>>),
 }
 
 fn spawn_watcher<K, Key, V>(
@@ -316,6 +327,7 @@ pub(crate) struct Stores {
     slices: KindStore<ObjectKey, SliceRecord>,
     peer_authentications: KindStore<ObjectKey, PolicyRecord<PeerAuthenticationSpec>>,
     destination_rules: KindStore<ObjectKey, PolicyRecord<DestinationRuleSpec>>,
+    authorization_policies: KindStore<ObjectKey, PolicyRecord<AuthorizationPolicySpec>>,
     endpoints: BTreeMap<ObjectKey, Arc<Vec<EndpointRecord>>>,
     changed: bool,
 }
@@ -329,6 +341,7 @@ impl Stores {
             Message::Service(d) => !self.services.apply(d).is_empty(),
             Message::PeerAuthentication(d) => !self.peer_authentications.apply(*d).is_empty(),
             Message::DestinationRule(d) => !self.destination_rules.apply(*d).is_empty(),
+            Message::AuthorizationPolicy(d) => !self.authorization_policies.apply(*d).is_empty(),
             Message::Slice(d) => {
                 let changes = self.slices.apply(d);
                 let mut services = BTreeSet::new();
@@ -376,6 +389,7 @@ impl Stores {
             && self.slices.synced
             && self.peer_authentications.synced
             && self.destination_rules.synced
+            && self.authorization_policies.synced
     }
 
     /// The current snapshot (shares every record's `Arc` with the stores).
@@ -388,6 +402,7 @@ impl Stores {
             endpoints: self.endpoints.clone(),
             peer_authentications: self.peer_authentications.live.clone(),
             destination_rules: self.destination_rules.live.clone(),
+            authorization_policies: self.authorization_policies.live.clone(),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! tower-test scenarios: a fake API server answers the six watchers' list and watch requests
+//! tower-test scenarios: a fake API server answers the seven watchers' list and watch requests
 //! (asserting path and query), and the tests read the published snapshots. Paused time: the
 //! publish interval and kube-runtime's backoff pass without real waiting.
 
@@ -19,7 +19,8 @@ const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PAS: &str = "/apis/security.palisade.dev/v1/peerauthentications";
 const DRS: &str = "/apis/networking.palisade.dev/v1/destinationrules";
-const ALL: [&str; 6] = [NAMESPACES, PODS, SERVICES, SLICES, PAS, DRS];
+const APS: &str = "/apis/security.palisade.dev/v1/authorizationpolicies";
+const ALL: [&str; 7] = [NAMESPACES, PODS, SERVICES, SLICES, PAS, DRS, APS];
 
 /// The fake API server: requests arrive in any order across watchers, so each expectation
 /// takes the first matching request and keeps the others for later.
@@ -246,8 +247,8 @@ async fn synced_only_after_every_watcher_listed() {
     let (source, mut api, _) = start();
     let mut synced = source.synced();
     let rx = source.subscribe();
-    api.quiet_except(&[DRS]).await;
-    // Five of six listed: a long quiet time later, still not synced and nothing published.
+    api.quiet_except(&[DRS, APS]).await;
+    // Five of seven listed: a long quiet time later, still not synced and nothing published.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!*synced.borrow_and_update());
     assert!(!rx.has_changed().expect("alive"));
@@ -257,6 +258,15 @@ async fn synced_only_after_every_watcher_listed() {
         "spec": {"host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}
     });
     api.list(DRS, "3", vec![dr]).await;
+    // Six of seven: still not synced.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!*synced.borrow_and_update());
+    let ap = json!({
+        "apiVersion": "security.palisade.dev/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-front", "namespace": "shop", "resourceVersion": "4", "generation": 3},
+        "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["front"]}}]}]}
+    });
+    api.list(APS, "4", vec![ap]).await;
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
         .await
         .expect("synced in time")
@@ -264,7 +274,11 @@ async fn synced_only_after_every_watcher_listed() {
     // The first snapshot is complete as soon as synced is true.
     let snapshot = rx.borrow().clone();
     assert_eq!(snapshot.destination_rules[&key("r")].generation, Some(2));
+    let ap = &snapshot.authorization_policies[&key("allow-front")];
+    assert_eq!(ap.generation, Some(3));
+    assert_eq!(ap.policy.spec.rules.len(), 1);
     api.hold(DRS).await;
+    api.hold(APS).await;
 }
 
 #[tokio::test(start_paused = true)]
