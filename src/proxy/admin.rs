@@ -211,7 +211,23 @@ pub fn config_json(policy: &Policy) -> Value {
         },
         "destinations": destinations,
         "workloads": workloads,
+        "authorization_policies": authz_json(&policy.authz),
     })
+}
+
+/// The AuthorizationPolicies in force, in decision order: name, action and how many rules
+/// can match here.
+fn authz_json(authz: &crate::policy::authz::WorkloadAuthz) -> Vec<Value> {
+    authz
+        .policies()
+        .iter()
+        .map(|p| {
+            json!({
+                "namespace": p.object.namespace, "name": p.object.name,
+                "action": p.action.as_str(), "rules": p.matchable_rules(),
+            })
+        })
+        .collect()
 }
 
 async fn config(State(s): State<AdminState>) -> Response {

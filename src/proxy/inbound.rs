@@ -3,8 +3,14 @@
 //! close; PERMISSIVE: mesh mTLS when offered, else the bytes pass through untouched; DISABLE:
 //! pass through -> the app.
 //!
-//! Before the first policy a port is treated as STRICT (fail closed): the proxy cannot know
-//! whether plaintext is allowed, and mesh clients still get through.
+//! AuthorizationPolicy is enforced once the peer is known (after the mesh handshake, or at
+//! accept for plaintext) and before a byte reaches the app: a denied connection is reset,
+//! counted in `palisade_proxy_authz_denied_total{policy}` and logged. While a connection is
+//! open, every new policy is checked against it, and one that denies it resets it too.
+//!
+//! Before the first policy a port is treated as STRICT and every connection is denied (fail
+//! closed): the proxy cannot know whether plaintext is allowed, nor who may connect. The
+//! proxy reports ready only once it has its first policy.
 //!
 //! The app is dialled at loopback on the original port first, then, if refused, at the
 //! original destination itself (the pod IP: apps that bind only to it). That second dial
@@ -19,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::authz::{self, Denied};
 use super::context::{ConnectionInfo, Context};
 use super::detect::{Detection, MAX_PEEK, detect};
 use super::forward::{Rewind, forward};
@@ -86,7 +93,10 @@ async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Resul
         .orig_dst
         .resolve(&stream, peer, &ctx.ports.all())
         .map_err(|e| Refusal(e.reason(), e.to_string()))?;
-    let policy = ctx.shared.policy.borrow().clone();
+    // Our own receiver: the decision below uses the value it marks seen, so the revocation
+    // watch (`finish`) checks every later one and none slips between.
+    let mut policy_rx = ctx.shared.policy.clone();
+    let policy = policy_rx.borrow_and_update().clone();
     let mode = policy
         .as_deref()
         .map_or(MtlsMode::Strict, |p| p.inbound_mode(dst.port()));
@@ -111,10 +121,18 @@ async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Resul
                 source: peer,
                 destination: dst,
             };
+            let conn = authz::connection(&info, tls.get_ref().1.server_name());
+            if let Err(denied) = authz::decide(policy.as_deref(), conn.as_ref()) {
+                authz::reset_on_close(tls.get_ref().0.get_ref());
+                return Err(deny(ctx, &info, denied));
+            }
             let app = connect_app(ctx, dst).await?;
             ctx.metrics.connection(DIRECTION, TlsMode::Mesh);
             tracing::debug!(?info, "inbound mesh connection");
-            finish(ctx, tls, app, &info).await;
+            let mut tls = tls;
+            if finish(ctx, &mut tls, app, &info, policy_rx, conn).await {
+                authz::reset_on_close(tls.get_ref().0.get_ref());
+            }
             Ok(())
         }
         (MtlsMode::Strict, _) => {
@@ -137,21 +155,78 @@ async fn handle(ctx: &Context, mut stream: TcpStream, peer: SocketAddr) -> Resul
                 source: peer,
                 destination: dst,
             };
+            let conn = authz::connection(&info, None);
+            if let Err(denied) = authz::decide(policy.as_deref(), conn.as_ref()) {
+                authz::reset_on_close(client.get_ref());
+                return Err(deny(ctx, &info, denied));
+            }
             let app = connect_app(ctx, dst).await?;
             ctx.metrics.connection(DIRECTION, TlsMode::Passthrough);
-            finish(ctx, client, app, &info).await;
+            let mut client = client;
+            if finish(ctx, &mut client, app, &info, policy_rx, conn).await {
+                authz::reset_on_close(client.get_ref());
+            }
             Ok(())
         }
     }
 }
 
-async fn finish<C>(ctx: &Context, client: C, app: TcpStream, info: &ConnectionInfo)
+/// Counts a denial and says what the listener logs (rate-limited) for it.
+fn deny(ctx: &Context, info: &ConnectionInfo, denied: Denied) -> Refusal {
+    ctx.metrics.authz_denied(&denied.policy);
+    Refusal(
+        "authz_denied",
+        format!(
+            "AuthorizationPolicy {}: {} (peer {}, port {})",
+            denied.policy,
+            denied.why,
+            authz::peer_name(info),
+            info.destination.port()
+        ),
+    )
+}
+
+/// Forwards until either side ends, or until a new policy denies the connection; then the
+/// app side is reset and `true` returned, so the caller resets the client side as well.
+async fn finish<C>(
+    ctx: &Context,
+    client: &mut C,
+    app: TcpStream,
+    info: &ConnectionInfo,
+    policy: watch::Receiver<Option<std::sync::Arc<super::state::Policy>>>,
+    conn: Option<crate::policy::authz::Connection>,
+) -> bool
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    if let Err(e) = forward(client, app, &ctx.metrics, DIRECTION).await {
-        tracing::debug!(?info, error = %e, "inbound connection ended with an error");
-    }
+    let mut app = app;
+    let revoked = {
+        let forwarding = forward(&mut *client, &mut app, &ctx.metrics, DIRECTION);
+        tokio::pin!(forwarding);
+        tokio::select! {
+            result = &mut forwarding => {
+                if let Err(e) = result {
+                    tracing::debug!(?info, error = %e, "inbound connection ended with an error");
+                }
+                None
+            }
+            denied = authz::revoked(policy, conn) => Some(denied),
+        }
+    };
+    let Some(denied) = revoked else {
+        return false;
+    };
+    ctx.metrics.authz_denied(&denied.policy);
+    tracing::warn!(
+        policy = %denied.policy,
+        why = %denied.why,
+        peer = authz::peer_name(info),
+        source = %info.source,
+        port = info.destination.port(),
+        "closing an open connection that a new AuthorizationPolicy denies"
+    );
+    authz::reset_on_close(&app);
+    true
 }
 
 /// The app on the original port: loopback first, then the original destination (the pod IP)

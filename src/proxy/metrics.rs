@@ -118,6 +118,16 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// Counts a connection an AuthorizationPolicy denied (`policy`: `<ns>/<name>`, or why no
+    /// single policy decided).
+    pub fn authz_denied(&self, policy: &str) {
+        self.authz_denied
+            .get_or_create(&PolicyLabel {
+                policy: policy.to_string(),
+            })
+            .inc();
+    }
+
     /// Counts a connection as open until the guard is dropped.
     pub fn opened(&self, direction: Direction) -> OpenGuard {
         let gauge = self

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod ads_client;
 pub mod app_health;
+pub mod authz;
 pub mod balance;
 pub mod context;
 pub mod detect;

@@ -10,6 +10,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::policy::authz::WorkloadAuthz;
 use crate::xds::proto::palisade_v1 as pb;
 
 /// The workload certificate the proxy presents (both as a server and as a client).
@@ -62,6 +63,9 @@ pub struct Policy {
     pub workloads: Vec<pb::Workload>,
     /// Accepted `version_info` per type URL (for `/config`).
     pub versions: BTreeMap<String, String>,
+    /// The AuthorizationPolicies that apply to this workload, compiled for decisions (none:
+    /// every connection the inbound mode lets in is allowed).
+    pub authz: Arc<WorkloadAuthz>,
     services: HashMap<SocketAddr, (usize, usize)>,
     pods: HashMap<IpAddr, usize>,
 }
@@ -96,9 +100,16 @@ impl Policy {
             destinations,
             workloads,
             versions,
+            authz: Arc::default(),
             services,
             pods,
         }
+    }
+
+    /// This policy deciding connections with `authz`.
+    pub fn with_authz(mut self, authz: Arc<WorkloadAuthz>) -> Self {
+        self.authz = authz;
+        self
     }
 
     /// The inbound mode of `port` (its `port_modes` entry, else the default; UNSPECIFIED is

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -16,9 +17,11 @@ use prost::Message;
 
 use super::state::{Policy, Trust};
 use super::trust;
+use crate::policy::authz::{WorkloadAuthz, wire};
 use crate::xds::proto::palisade_v1 as pb;
 use crate::xds::views::{
-    DESTINATION_TYPE, INBOUND_POLICY_TYPE, TRUST_BUNDLE_TYPE, VIEW_TYPES, WORKLOAD_TYPE,
+    AUTHORIZATION_POLICY_TYPE, DESTINATION_TYPE, INBOUND_POLICY_TYPE, TRUST_BUNDLE_TYPE,
+    VIEW_TYPES, WORKLOAD_TYPE,
 };
 
 /// Largest `DiscoveryResponse` accepted from the control plane (the transport refuses more).
@@ -74,6 +77,28 @@ pub enum Decoded {
     Destinations(Vec<pb::Destination>),
     Workloads(Vec<pb::Workload>),
     TrustBundle(Trust),
+    /// The AuthorizationPolicies, compiled (in (namespace, name) order, whatever the order
+    /// they came in).
+    Authorization(Arc<WorkloadAuthz>),
+}
+
+/// Compiles the AuthorizationPolicies of a response. What this proxy cannot read fails closed
+/// (see [`wire::from_wire`]) and is logged; it is not a reason to refuse the response, which
+/// would keep an older, possibly looser, policy in force.
+fn authorization(mut policies: Vec<pb::AuthorizationPolicy>) -> Arc<WorkloadAuthz> {
+    policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let compiled = policies
+        .iter()
+        .map(|p| {
+            let (compiled, problems) = wire::from_wire(p);
+            for problem in problems.iter().take(8) {
+                tracing::error!(policy = %format!("{}/{}", p.namespace, p.name), %problem,
+                    "AuthorizationPolicy from the control plane is not fully understood; failing closed");
+            }
+            Arc::new(compiled)
+        })
+        .collect();
+    Arc::new(WorkloadAuthz::new(compiled))
 }
 
 fn decode_all<M: Message + Default>(response: &DiscoveryResponse) -> Result<Vec<M>, Reject> {
@@ -115,6 +140,7 @@ pub fn decode(response: &DiscoveryResponse) -> Result<Decoded, Reject> {
         INBOUND_POLICY_TYPE => Decoded::Inbound(exactly_one(decode_all(response)?)?),
         DESTINATION_TYPE => Decoded::Destinations(decode_all(response)?),
         WORKLOAD_TYPE => Decoded::Workloads(decode_all(response)?),
+        AUTHORIZATION_POLICY_TYPE => Decoded::Authorization(authorization(decode_all(response)?)),
         TRUST_BUNDLE_TYPE => {
             let bundle: pb::TrustBundle = exactly_one(decode_all(response)?)?;
             let trust = trust::parse(&bundle.roots_pem.concat())
@@ -133,6 +159,7 @@ pub struct ViewState {
     destinations: Option<Vec<pb::Destination>>,
     workloads: Option<Vec<pb::Workload>>,
     trust: Option<Trust>,
+    authz: Option<Arc<WorkloadAuthz>>,
     versions: BTreeMap<String, String>,
 }
 
@@ -149,6 +176,7 @@ impl ViewState {
             Decoded::Destinations(d) => self.destinations = Some(d),
             Decoded::Workloads(w) => self.workloads = Some(w),
             Decoded::TrustBundle(t) => self.trust = Some(t),
+            Decoded::Authorization(a) => self.authz = Some(a),
         }
         self.versions
             .insert(type_url.to_string(), version.to_string());
@@ -156,20 +184,24 @@ impl ViewState {
 
     /// The policy to publish: `None` until every type has arrived at least once.
     pub fn policy(&self) -> Option<Policy> {
-        let (Some(inbound), Some(destinations), Some(workloads), Some(_)) = (
+        let (Some(inbound), Some(destinations), Some(workloads), Some(_), Some(authz)) = (
             &self.inbound,
             &self.destinations,
             &self.workloads,
             &self.trust,
+            &self.authz,
         ) else {
             return None;
         };
-        Some(Policy::new(
-            inbound.clone(),
-            destinations.clone(),
-            workloads.clone(),
-            self.versions.clone(),
-        ))
+        Some(
+            Policy::new(
+                inbound.clone(),
+                destinations.clone(),
+                workloads.clone(),
+                self.versions.clone(),
+            )
+            .with_authz(authz.clone()),
+        )
     }
 }
 

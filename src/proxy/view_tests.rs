@@ -101,6 +101,7 @@ fn the_policy_appears_once_every_type_arrived_and_a_nack_keeps_the_last_good_ver
         ),
         response(DESTINATION_TYPE, "d1", vec![]),
         response(WORKLOAD_TYPE, "w1", vec![]),
+        response(AUTHORIZATION_POLICY_TYPE, "a1", vec![]),
     ];
     for step in &steps {
         let handled = handle(&mut state, step);
@@ -108,7 +109,7 @@ fn the_policy_appears_once_every_type_arrived_and_a_nack_keeps_the_last_good_ver
         assert_eq!(handled.reply.version_info, step.version_info, "ACK");
         assert_eq!(handled.reply.response_nonce, step.nonce);
         assert!(handled.reply.error_detail.is_none());
-        assert!(state.policy().is_none(), "not all four yet");
+        assert!(state.policy().is_none(), "not all five yet");
     }
     let handled = handle(
         &mut state,
@@ -117,7 +118,8 @@ fn the_policy_appears_once_every_type_arrived_and_a_nack_keeps_the_last_good_ver
     assert_eq!(handled.trust.map(|t| t.roots.len()), Some(1));
     let policy = state.policy().expect("complete");
     assert_eq!(policy.inbound_mode(80), pb::MtlsMode::Strict);
-    assert_eq!(policy.versions.len(), 4);
+    assert_eq!(policy.versions.len(), 5);
+    assert!(policy.authz.policies().is_empty());
     assert_eq!(policy.versions[INBOUND_POLICY_TYPE], "i1");
 
     // Two InboundPolicy resources: NACK with the previous version, keep STRICT.
@@ -185,4 +187,76 @@ fn node_and_initial_requests_follow_the_contract() {
             .iter()
             .all(|r| r.resource_names.is_empty() && r.version_info.is_empty())
     );
+}
+
+#[test]
+fn authorization_policies_are_compiled_in_name_order_and_unreadable_checks_fail_closed() {
+    use crate::policy::authz::Connection;
+    let policy = |name: &str, action: pb::authorization_policy::Action, ns_value: &str| {
+        any(
+            AUTHORIZATION_POLICY_TYPE,
+            &pb::AuthorizationPolicy {
+                namespace: "shop".into(),
+                name: name.into(),
+                action: action as i32,
+                rules: vec![pb::AuthorizationRule {
+                    index: 0,
+                    from: vec![pb::AuthorizationClause {
+                        checks: vec![pb::AuthorizationCheck {
+                            attribute: pb::authorization_check::Attribute::SourceNamespace as i32,
+                            values: vec![ns_value.into()],
+                            negate: false,
+                        }],
+                    }],
+                    ..Default::default()
+                }],
+            },
+        )
+    };
+    use pb::authorization_policy::Action;
+    // Sent out of order: "b-allow" then "a-deny"; decisions follow name order.
+    let resp = response(
+        AUTHORIZATION_POLICY_TYPE,
+        "a1",
+        vec![
+            policy("b-allow", Action::Allow, "front"),
+            policy("a-deny", Action::Deny, "evil"),
+        ],
+    );
+    let Ok(Decoded::Authorization(authz)) = decode(&resp) else {
+        panic!("decodes");
+    };
+    let names: Vec<&str> = authz
+        .policies()
+        .iter()
+        .map(|p| p.object.name.as_str())
+        .collect();
+    assert_eq!(names, ["a-deny", "b-allow"]);
+    let conn = |ns: &str| {
+        Connection::mtls(
+            &format!("spiffe://cluster.local/ns/{ns}/sa/x"),
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            80,
+        )
+        .unwrap()
+    };
+    assert!(authz.decide(&conn("front")).allowed);
+    assert!(!authz.decide(&conn("evil")).allowed);
+    assert!(!authz.decide(&conn("other")).allowed);
+    // A check with an attribute this proxy does not know: accepted (not NACKed: that would
+    // keep the older policy), and the ALLOW rule never matches.
+    let mut unknown =
+        pb::AuthorizationPolicy::decode(policy("b-allow", Action::Allow, "front").value.as_slice())
+            .unwrap();
+    unknown.rules[0].from[0].checks[0].attribute = 77;
+    let resp = response(
+        AUTHORIZATION_POLICY_TYPE,
+        "a2",
+        vec![any(AUTHORIZATION_POLICY_TYPE, &unknown)],
+    );
+    let Ok(Decoded::Authorization(authz)) = decode(&resp) else {
+        panic!("decodes");
+    };
+    assert!(!authz.decide(&conn("front")).allowed);
 }

@@ -23,10 +23,13 @@ pub const DESTINATION_TYPE: &str = "type.googleapis.com/palisade.v1.Destination"
 pub const WORKLOAD_TYPE: &str = "type.googleapis.com/palisade.v1.Workload";
 /// Type URL of [`crate::xds::proto::palisade_v1::TrustBundle`].
 pub const TRUST_BUNDLE_TYPE: &str = "type.googleapis.com/palisade.v1.TrustBundle";
+/// Type URL of [`crate::xds::proto::palisade_v1::AuthorizationPolicy`].
+pub const AUTHORIZATION_POLICY_TYPE: &str = "type.googleapis.com/palisade.v1.AuthorizationPolicy";
 /// Every type URL the ADS server serves, in the order a proxy should apply them.
-pub const VIEW_TYPES: [&str; 4] = [
+pub const VIEW_TYPES: [&str; 5] = [
     TRUST_BUNDLE_TYPE,
     INBOUND_POLICY_TYPE,
+    AUTHORIZATION_POLICY_TYPE,
     WORKLOAD_TYPE,
     DESTINATION_TYPE,
 ];
@@ -87,6 +90,8 @@ pub struct ProxyView {
     pub workloads: Arc<TypedResources>,
     /// `TrustBundle`: exactly one resource, `ROOTCA`.
     pub trust_bundle: Arc<TypedResources>,
+    /// `AuthorizationPolicy`: one per policy that applies to the proxy's pod (maybe none).
+    pub authorization: Arc<TypedResources>,
 }
 
 impl ProxyView {
@@ -97,6 +102,7 @@ impl ProxyView {
             DESTINATION_TYPE => Some(&self.destinations),
             WORKLOAD_TYPE => Some(&self.workloads),
             TRUST_BUNDLE_TYPE => Some(&self.trust_bundle),
+            AUTHORIZATION_POLICY_TYPE => Some(&self.authorization),
             _ => None,
         }
     }

@@ -198,7 +198,7 @@ async fn the_agent_gets_identity_and_policy_and_follows_edits_and_restarts() {
         p.inbound_mode(8080) == MtlsMode::Strict
     })
     .await;
-    assert_eq!(first.versions.len(), 4, "{:?}", first.versions);
+    assert_eq!(first.versions.len(), 5, "{:?}", first.versions);
     assert!(
         first
             .destinations

@@ -469,7 +469,7 @@ async fn a_policy_change_applies_to_new_connections_only() {
 }
 
 #[tokio::test]
-async fn before_the_first_policy_inbound_is_strict_and_outbound_refuses() {
+async fn before_the_first_policy_nothing_gets_in_and_outbound_refuses() {
     let ca = Ca::new();
     let (app, accepted) = echo_app().await;
     let server = proxy(
@@ -489,11 +489,9 @@ async fn before_the_first_policy_inbound_is_strict_and_outbound_refuses() {
     )
     .await
     .unwrap();
-    assert_eq!(
-        round_trip(&mut mesh, b"m").await,
-        b"m",
-        "mesh clients still get in"
-    );
+    // Who may connect is not known yet either: even a mesh client is reset (fail closed).
+    assert_closed(&mut mesh).await;
+    assert_eq!(failures(&server.metrics, "inbound", "authz_denied"), 1);
 
     let client = proxy(
         &ca,
@@ -505,7 +503,11 @@ async fn before_the_first_policy_inbound_is_strict_and_outbound_refuses() {
     let mut s = TcpStream::connect(outbound_addr).await.unwrap();
     assert_closed(&mut s).await;
     assert_eq!(failures(&client.metrics, "outbound", "no_policy"), 1);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the app"
+    );
 }
 
 #[tokio::test]

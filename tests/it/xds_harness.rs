@@ -95,6 +95,7 @@ fn first_view(pod: &ObjectKey, identity: &Identity) -> ProxyView {
         destinations: typed(DESTINATION_TYPE, "v1", vec![]),
         workloads: typed(WORKLOAD_TYPE, "v1", vec![]),
         trust_bundle: typed(TRUST_BUNDLE_TYPE, "v1", vec![]),
+        authorization: Arc::new(TypedResources::new("v1".into(), vec![])),
     }
 }
 

@@ -58,6 +58,13 @@ pub struct CompiledPolicy {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl CompiledPolicy {
+    /// How many of its rules can match at L4.
+    pub fn matchable_rules(&self) -> usize {
+        self.rules.iter().filter(|r| !r.never).count()
+    }
+}
+
 /// Compiles one policy. `namespace` expands bare service-account names.
 pub(crate) fn compile(object: ObjectRef, spec: &AuthorizationPolicySpec) -> CompiledPolicy {
     let action = spec.effective_action();

@@ -115,6 +115,33 @@ impl AuthzEngine {
     }
 }
 
+impl AuthzEngine {
+    /// Positions (in [`AuthzEngine::policies`] order) of the policies that apply to a workload
+    /// of `namespace` with `labels`. Looks only at the policies of that namespace and of the
+    /// root namespace (policies are sorted by namespace).
+    pub fn applying(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<usize> {
+        let range = |ns: &str| {
+            let start = self
+                .policies
+                .partition_point(|e| e.compiled.object.namespace.as_str() < ns);
+            let end = self
+                .policies
+                .partition_point(|e| e.compiled.object.namespace.as_str() <= ns);
+            start..end
+        };
+        let mut out: Vec<usize> = range(&self.root_namespace)
+            .chain(if namespace == self.root_namespace {
+                0..0
+            } else {
+                range(namespace)
+            })
+            .filter(|&i| self.entry_applies(&self.policies[i], namespace, labels))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 /// The authorization of one workload: the policies that apply to it, indexed for decisions.
 #[derive(Clone, Debug, Default)]
 pub struct WorkloadAuthz {

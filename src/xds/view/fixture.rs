@@ -164,6 +164,25 @@ impl Mesh {
         self
     }
 
+    /// An AuthorizationPolicy with `spec` (JSON).
+    pub(crate) fn ap(mut self, namespace: &str, name: &str, spec: Value) -> Mesh {
+        let spec: crate::api::AuthorizationPolicySpec =
+            serde_json::from_value(spec).expect("test spec");
+        let policy = Policy {
+            meta: self.meta(namespace, name),
+            spec,
+        };
+        self.inventory.authorization_policies.insert(
+            ObjectKey::new(namespace, name),
+            Arc::new(PolicyRecord {
+                policy,
+                generation: None,
+                status: None,
+            }),
+        );
+        self
+    }
+
     /// The inventory with endpoints: each Service's selector over the pods of its namespace,
     /// target ports resolved per pod (a pod without a named target port has no entry).
     pub(crate) fn build(mut self) -> Arc<Inventory> {

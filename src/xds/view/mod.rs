@@ -6,7 +6,8 @@
 //! - one `Destination` set per client class: a namespace plus the set of `workloadSelector`
 //!   DestinationRules that select the client (only those rules make two clients of one
 //!   namespace see different TLS); classes whose content is equal share one `Arc`;
-//! - one `InboundPolicy` per distinct (decision, identity).
+//! - one `InboundPolicy` per distinct (decision, identity);
+//! - one `AuthorizationPolicy` set per distinct set of applying policies.
 //!
 //! Reuse across snapshots: [`MeshViews::compute`] takes the previous result. An unchanged
 //! inventory (`Arc::ptr_eq`) reuses everything but the trust bundle; Destinations are rebuilt
@@ -18,6 +19,8 @@
 
 pub mod resources;
 
+#[cfg(test)]
+mod authz_tests;
 #[cfg(test)]
 pub(crate) mod fixture;
 #[cfg(test)]
@@ -32,10 +35,11 @@ use prost::Message;
 use crate::api::MtlsMode;
 use crate::ca::TrustBundle;
 use crate::controller::inventory::{Inventory, ObjectKey};
+use crate::policy::authz::AuthzEngine;
 use crate::policy::{Client, MeshConfig, OutboundDecision, PolicyEngine};
 use crate::xds::views::{
-    DESTINATION_TYPE, INBOUND_POLICY_TYPE, ProxyView, TRUST_BUNDLE_TYPE, TypedResources,
-    WORKLOAD_TYPE,
+    AUTHORIZATION_POLICY_TYPE, DESTINATION_TYPE, INBOUND_POLICY_TYPE, ProxyView, TRUST_BUNDLE_TYPE,
+    TypedResources, WORKLOAD_TYPE,
 };
 
 use resources::{EndpointPods, PodFacts};
@@ -58,6 +62,8 @@ pub struct MeshViews {
     classes: HashMap<ClassKey, Arc<TypedResources>>,
     /// InboundPolicy sets by version.
     inbound: HashMap<String, Arc<TypedResources>>,
+    /// AuthorizationPolicy sets by version.
+    authz: HashMap<String, Arc<TypedResources>>,
     views: HashMap<ObjectKey, Arc<ProxyView>>,
 }
 
@@ -119,6 +125,7 @@ impl MeshViews {
                 endpoint_facts: p.endpoint_facts.clone(),
                 classes: p.classes.clone(),
                 inbound: p.inbound.clone(),
+                authz: p.authz.clone(),
                 views,
             };
         }
@@ -198,6 +205,7 @@ impl MeshViews {
             by_version: HashMap::new(),
         };
         let selector_rules = selector_rules(&inventory);
+        let mut authz = AuthzSets::new(&inventory, config, previous.map(|p| &p.authz));
 
         let mut inbound_sets: HashMap<String, Arc<TypedResources>> = HashMap::new();
         let mut inbound_memo: HashMap<(usize, &str), Arc<TypedResources>> = HashMap::new();
@@ -252,6 +260,7 @@ impl MeshViews {
                 destinations,
                 workloads: workloads.clone(),
                 trust_bundle: trust_bundle.clone(),
+                authorization: authz.for_pod(&key.namespace, &pod.workload.labels),
             };
             let view = match previous.and_then(|p| p.views.get(key)) {
                 Some(old) if same_view(old, &view) => old.clone(),
@@ -275,6 +284,7 @@ impl MeshViews {
             endpoint_facts,
             classes,
             inbound: inbound_sets,
+            authz: authz.by_version,
             views,
         }
     }
@@ -306,6 +316,75 @@ pub fn same_view(a: &ProxyView, b: &ProxyView) -> bool {
         && same(&a.destinations, &b.destinations)
         && same(&a.workloads, &b.workloads)
         && same(&a.trust_bundle, &b.trust_bundle)
+        && same(&a.authorization, &b.authorization)
+}
+
+/// The AuthorizationPolicy sets of one computation: the engine compiles every policy once, each
+/// policy is encoded once when a pod first needs it, and pods to which the same policies apply
+/// share one set.
+struct AuthzSets<'p> {
+    engine: AuthzEngine,
+    encoded: Vec<Option<Option<Any>>>,
+    by_policies: HashMap<Vec<usize>, Arc<TypedResources>>,
+    by_version: HashMap<String, Arc<TypedResources>>,
+    previous: Option<&'p HashMap<String, Arc<TypedResources>>>,
+}
+
+impl<'p> AuthzSets<'p> {
+    fn new(
+        inventory: &Inventory,
+        config: &MeshConfig,
+        previous: Option<&'p HashMap<String, Arc<TypedResources>>>,
+    ) -> Self {
+        let engine = AuthzEngine::new(config, &inventory.authz_policies());
+        let count = engine.policies().count();
+        AuthzSets {
+            engine,
+            encoded: vec![None; count],
+            by_policies: HashMap::new(),
+            by_version: HashMap::new(),
+            previous,
+        }
+    }
+
+    /// The set of a pod of `namespace` with `labels`.
+    fn for_pod(
+        &mut self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Arc<TypedResources> {
+        let applying = self.engine.applying(namespace, labels);
+        if let Some(set) = self.by_policies.get(&applying) {
+            return set.clone();
+        }
+        let mut resources = Vec::with_capacity(applying.len());
+        for &i in &applying {
+            let slot = &mut self.encoded[i];
+            if slot.is_none() {
+                let policy = self.engine.policies().nth(i);
+                *slot = Some(
+                    policy
+                        .and_then(crate::policy::authz::wire::to_wire)
+                        .map(|m| Any {
+                            type_url: AUTHORIZATION_POLICY_TYPE.to_string(),
+                            value: m.encode_to_vec(),
+                        }),
+                );
+            }
+            if let Some(Some(any)) = slot {
+                resources.push(any.clone());
+            }
+        }
+        let set = resources::typed_from_any(resources);
+        let found = self
+            .by_version
+            .get(&set.version)
+            .or_else(|| self.previous.and_then(|p| p.get(&set.version)));
+        let set = reuse(found, set);
+        self.by_version.insert(set.version.clone(), set.clone());
+        self.by_policies.insert(applying, set.clone());
+        set
+    }
 }
 
 /// `workloadSelector` DestinationRules by namespace (only they split a namespace's clients).

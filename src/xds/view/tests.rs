@@ -109,7 +109,7 @@ fn base() -> Mesh {
         )
 }
 
-fn bundle() -> TrustBundle {
+pub(super) fn bundle() -> TrustBundle {
     let (_, cert_pem) =
         crate::ca::authority::generate_root(std::time::SystemTime::now()).expect("root");
     TrustBundle::from_pem(cert_pem.as_bytes()).expect("bundle")
@@ -119,18 +119,19 @@ fn compute(inventory: Arc<Inventory>) -> MeshViews {
     MeshViews::compute(inventory, &bundle(), &MeshConfig::default(), None)
 }
 
-fn view<'v>(views: &'v MeshViews, pod: &str) -> &'v Arc<ProxyView> {
+pub(super) fn view<'v>(views: &'v MeshViews, pod: &str) -> &'v Arc<ProxyView> {
     let (ns, name) = pod.split_once('/').expect("ns/name");
     views.view(&ObjectKey::new(ns, name)).expect("view of pod")
 }
 
 type PolicyRow = (&'static str, &'static str, &'static str, Value);
 
-fn with(policies: &[PolicyRow]) -> Arc<Inventory> {
+pub(super) fn with(policies: &[PolicyRow]) -> Arc<Inventory> {
     let mut mesh = base();
     for (kind, ns, name, spec) in policies {
         mesh = match *kind {
             "pa" => mesh.pa(ns, name, spec.clone()),
+            "ap" => mesh.ap(ns, name, spec.clone()),
             _ => mesh.dr(ns, name, spec.clone()),
         };
     }
