@@ -1,5 +1,8 @@
-//! Status of PeerAuthentication and DestinationRule objects: what the engine found about each
-//! object, as conditions users read with `kubectl get pa,dr` and `kubectl describe`.
+//! Status of PeerAuthentication, DestinationRule and AuthorizationPolicy objects: what the
+//! engines found about each object, as conditions users read with `kubectl get pa,dr,ap` and
+//! `kubectl describe`. (AuthorizationPolicy conditions come from
+//! [`crate::policy::authz::authz_status`]; their transition times are kept here like the
+//! others'.)
 //!
 //! [`policy_status`] is the pure rule (one object's findings, the status it carries, the time
 //! -> the status it should carry); [`desired_statuses`] applies it to a whole [`Inventory`].
@@ -35,7 +38,10 @@ use super::FIELD_MANAGER;
 use super::inventory::{Inventory, ObjectKey};
 use super::metrics::ReconcileMetrics;
 use crate::api::{DestinationRule, PeerAuthentication, PolicyCondition, PolicyStatus};
-use crate::policy::{Diagnostic, DiagnosticKind, MeshConfig, ObjectRef, PolicyEngine, PolicyKind};
+use crate::policy::authz::{AuthzEngine, authz_status};
+use crate::policy::{
+    Diagnostic, DiagnosticKind, MeshConfig, ObjectRef, PolicyEngine, PolicyKind, Workload,
+};
 
 /// Condition type: the object is in force.
 pub const ACCEPTED: &str = "Accepted";
@@ -254,29 +260,119 @@ fn object_ref(kind: PolicyKind, key: &ObjectKey) -> ObjectRef {
     }
 }
 
-/// Every PeerAuthentication and DestinationRule of `inventory` (PeerAuthentications first, each
-/// kind in `namespace/name` order) with the status it should carry, judged against the status
-/// it carries now. `engine` must have been built from `inventory.mesh_input(..)`.
+/// `status` with each condition's `lastTransitionTime` kept from `previous` when that condition
+/// has the same status there, else `now`.
+pub fn with_transitions(
+    mut status: PolicyStatus,
+    previous: Option<&PolicyStatus>,
+    now: Timestamp,
+) -> PolicyStatus {
+    for c in &mut status.conditions {
+        c.last_transition_time = previous
+            .and_then(|p| p.conditions.iter().find(|old| old.type_ == c.type_))
+            .filter(|old| old.status == c.status)
+            .and_then(|old| old.last_transition_time.clone())
+            .or_else(|| Some(rfc3339(now)));
+    }
+    status
+}
+
+/// Every policy object of an inventory: kind, key, generation and the status it carries, in
+/// the order statuses are judged and written (PeerAuthentications, DestinationRules, then
+/// AuthorizationPolicies, each kind in `namespace/name` order).
+fn objects(
+    inventory: &Inventory,
+) -> impl Iterator<Item = (PolicyKind, &ObjectKey, Option<i64>, Option<&PolicyStatus>)> {
+    let pas = inventory.peer_authentications.iter().map(|(k, r)| {
+        let status = r.status.as_ref();
+        (PolicyKind::PeerAuthentication, k, r.generation, status)
+    });
+    let drs = inventory.destination_rules.iter().map(|(k, r)| {
+        let status = r.status.as_ref();
+        (PolicyKind::DestinationRule, k, r.generation, status)
+    });
+    let aps = inventory.authorization_policies.iter().map(|(k, r)| {
+        let status = r.status.as_ref();
+        (PolicyKind::AuthorizationPolicy, k, r.generation, status)
+    });
+    pas.chain(drs).chain(aps)
+}
+
+/// What the engines found about every object of one inventory, ready to judge statuses.
+struct Judge<'e> {
+    engine: &'e PolicyEngine,
+    findings: BTreeMap<&'e ObjectRef, Vec<&'e Diagnostic>>,
+    /// AuthorizationPolicy statuses before transition times.
+    authz: HashMap<ObjectKey, PolicyStatus>,
+}
+
+impl<'e> Judge<'e> {
+    /// `engine` must have been built from `inventory.mesh_input(..)`.
+    fn new(inventory: &Inventory, engine: &'e PolicyEngine) -> Self {
+        let authz_engine = AuthzEngine::new(engine.config(), &inventory.authz_policies());
+        let workloads: Vec<Workload> = inventory
+            .pods
+            .values()
+            .filter(|p| p.active)
+            .map(|p| p.workload.clone())
+            .collect();
+        let counts = authz_engine.workload_counts(&workloads);
+        let authz = authz_engine
+            .policies()
+            .zip(counts)
+            .map(|(p, count)| {
+                let key = ObjectKey::new(&p.object.namespace, &p.object.name);
+                let generation = inventory
+                    .authorization_policies
+                    .get(&key)
+                    .and_then(|r| r.generation);
+                (key, authz_status(p, Some(count), generation))
+            })
+            .collect();
+        Judge {
+            engine,
+            findings: findings_by_object(engine),
+            authz,
+        }
+    }
+
+    /// The status object `key` of `kind` should carry, judged over `base` (what it carries).
+    fn desired(
+        &self,
+        kind: PolicyKind,
+        key: &ObjectKey,
+        generation: Option<i64>,
+        base: Option<&PolicyStatus>,
+        now: Timestamp,
+    ) -> PolicyStatus {
+        if kind == PolicyKind::AuthorizationPolicy {
+            let raw = self.authz.get(key).cloned().unwrap_or_default();
+            return with_transitions(raw, base, now);
+        }
+        let object = object_ref(kind, key);
+        let found = self
+            .findings
+            .get(&object)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let ignored = self.engine.ignored().contains(&object);
+        policy_status(found, ignored, generation, base, now)
+    }
+}
+
+/// Every PeerAuthentication, DestinationRule and AuthorizationPolicy of `inventory` (in that
+/// order, each kind in `namespace/name` order) with the status it should carry, judged against
+/// the status it carries now. `engine` must have been built from `inventory.mesh_input(..)`.
 pub fn desired_statuses(
     inventory: &Inventory,
     engine: &PolicyEngine,
     now: Timestamp,
 ) -> Vec<DesiredStatus> {
-    let findings = findings_by_object(engine);
-    let pas = inventory
-        .peer_authentications
-        .iter()
-        .map(|(k, r)| (PolicyKind::PeerAuthentication, k, r.generation, &r.status));
-    let drs = inventory
-        .destination_rules
-        .iter()
-        .map(|(k, r)| (PolicyKind::DestinationRule, k, r.generation, &r.status));
-    pas.chain(drs)
+    let judge = Judge::new(inventory, engine);
+    objects(inventory)
         .map(|(kind, key, generation, current)| {
-            let object = object_ref(kind, key);
-            let found = findings.get(&object).map(Vec::as_slice).unwrap_or_default();
-            let ignored = engine.ignored().contains(&object);
-            let status = policy_status(found, ignored, generation, current.as_ref(), now);
+            let status = judge.desired(kind, key, generation, current, now);
+            let current = current.cloned();
             DesiredStatus {
                 kind,
                 key: key.clone(),
@@ -451,7 +547,7 @@ impl StatusWriter {
         written: &mut HashMap<(PolicyKind, ObjectKey), Written>,
     ) -> usize {
         let engine = PolicyEngine::new(inventory.mesh_input(&self.config));
-        let findings = findings_by_object(&engine);
+        let judge = Judge::new(inventory, &engine);
         let now = (self.clock)();
         let current =
             |kind: PolicyKind, key: &ObjectKey| -> Option<(Option<i64>, Option<PolicyStatus>)> {
@@ -464,8 +560,10 @@ impl StatusWriter {
                         .destination_rules
                         .get(key)
                         .map(|r| (r.generation, r.status.clone())),
-                    // Not in the inventory yet: their status comes with their enforcement.
-                    PolicyKind::AuthorizationPolicy => None,
+                    PolicyKind::AuthorizationPolicy => inventory
+                        .authorization_policies
+                        .get(key)
+                        .map(|r| (r.generation, r.status.clone())),
                 }
             };
         // Forget what the inventory has caught up with, what is gone, and what is too old.
@@ -473,31 +571,15 @@ impl StatusWriter {
             current(*kind, key).is_some_and(|(_, status)| status == w.seen)
                 && w.at.elapsed() < WRITTEN_TTL
         });
-        let keys = inventory
-            .peer_authentications
-            .keys()
-            .map(|k| (PolicyKind::PeerAuthentication, k))
-            .chain(
-                inventory
-                    .destination_rules
-                    .keys()
-                    .map(|k| (PolicyKind::DestinationRule, k)),
-            );
         let mut todo = Vec::new();
-        for (kind, key) in keys {
-            let Some((generation, status)) = current(kind, key) else {
-                continue;
-            };
+        for (kind, key, generation, status) in objects(inventory) {
             let base = match written.get(&(kind, key.clone())) {
-                Some(w) => Some(w.written.clone()),
-                None => status.clone(),
+                Some(w) => Some(&w.written),
+                None => status,
             };
-            let object = object_ref(kind, key);
-            let found = findings.get(&object).map(Vec::as_slice).unwrap_or_default();
-            let ignored = engine.ignored().contains(&object);
-            let desired = policy_status(found, ignored, generation, base.as_ref(), now);
-            if base.as_ref() != Some(&desired) {
-                todo.push((kind, key.clone(), status, desired));
+            let desired = judge.desired(kind, key, generation, base, now);
+            if base != Some(&desired) {
+                todo.push((kind, key.clone(), status.cloned(), desired));
             }
         }
         let mut failures = 0;
@@ -549,7 +631,8 @@ impl StatusWriter {
     }
 }
 
-/// Starts the status writer: statuses of every PeerAuthentication and DestinationRule in
+/// Starts the status writer: statuses of every PeerAuthentication, DestinationRule and
+/// AuthorizationPolicy in
 /// `inventory`, written through `client` while `leading` is `true`. Ends when either channel
 /// closes; abort the handle to stop it sooner.
 pub fn spawn(

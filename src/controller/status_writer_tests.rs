@@ -297,3 +297,81 @@ async fn writes_are_bounded_in_flight() {
     let more = next(&mut handle).await;
     assert!(more.path.ends_with("/status"));
 }
+
+/// An AuthorizationPolicy record of `shop` with generation 4.
+fn ap(inv: &mut Inventory, name: &str, spec: Value, status: Option<PolicyStatus>) {
+    use crate::controller::inventory::PolicyRecord;
+    inv.authorization_policies.insert(
+        ObjectKey::new("shop", name),
+        Arc::new(PolicyRecord {
+            policy: crate::policy::Policy {
+                meta: crate::policy::PolicyMeta {
+                    namespace: "shop".into(),
+                    name: name.into(),
+                    creation_timestamp: None,
+                    seq: 0,
+                },
+                spec: serde_json::from_value(spec).expect("spec"),
+            },
+            generation: Some(4),
+            status,
+        }),
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn authorization_policies_get_their_conditions_written_and_kept() {
+    let (w, mut handle, metrics) = writer();
+    let custom = json!({"action": "CUSTOM", "provider": {"name": "opa"}, "rules": [{}]});
+    let unused = json!({"selector": {"matchLabels": {"app": "nothing"}}, "rules": [{}]});
+    let mut inv = Inventory::default();
+    pod(&mut inv, "shop", "web", &[("app", "web")]);
+    ap(&mut inv, "ext", custom.clone(), None);
+    ap(&mut inv, "idle", unused.clone(), None);
+    let (inv_tx, inv_rx) = watch::channel(Arc::new(inv));
+    let (_lead_tx, lead_rx) = watch::channel(true);
+    let task = w.spawn_while_leader(inv_rx, lead_rx);
+    let mut seen = vec![next(&mut handle).await, next(&mut handle).await];
+    seen.sort_by(|a, b| a.path.cmp(&b.path));
+    let base = "/apis/security.palisade.dev/v1/namespaces/shop/authorizationpolicies";
+    assert_eq!(seen[0].path, format!("{base}/ext/status"));
+    assert_eq!(seen[1].path, format!("{base}/idle/status"));
+    let mut written = Vec::new();
+    for s in seen {
+        assert_eq!(s.query, "&force=true&fieldManager=palisade-controller");
+        assert_eq!(s.body["kind"], "AuthorizationPolicy");
+        assert_eq!(s.body["status"]["observedGeneration"], 4);
+        let status: PolicyStatus =
+            serde_json::from_value(s.body["status"].clone()).expect("a status");
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time.as_deref() == Some(T0)
+                    && c.observed_generation == Some(4)),
+            "{status:?}"
+        );
+        written.push(status);
+        answer(s);
+    }
+    assert_eq!(
+        condition(&written[0], ACCEPTED),
+        (
+            "False".into(),
+            "UnsupportedAction".into(),
+            condition(&written[0], ACCEPTED).2
+        )
+    );
+    assert_eq!(condition(&written[1], UNUSED).0, "True");
+    assert_eq!(condition(&written[1], UNUSED).1, "SelectsNothing");
+
+    // The objects now carry what was written: a later pass (and a resync) writes nothing.
+    let mut carried = Inventory::default();
+    pod(&mut carried, "shop", "web", &[("app", "web")]);
+    ap(&mut carried, "ext", custom, Some(written[0].clone()));
+    ap(&mut carried, "idle", unused, Some(written[1].clone()));
+    inv_tx.send_replace(Arc::new(carried));
+    expect_silence(&mut handle, RESYNC * 2).await;
+    assert_eq!(counted(&metrics, "AuthorizationPolicy", "applied"), 2);
+    task.abort();
+}
