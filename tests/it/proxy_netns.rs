@@ -24,6 +24,8 @@ const NS: &str = "shop";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 21);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 22);
 const LEGACY_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 23);
+/// A second meshed client, with another service account.
+const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 24);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 7, 10);
 /// STRICT under the namespace policy.
 const HTTP_PORT: u16 = 8080;
@@ -52,6 +54,7 @@ fn workloads() -> String {
         pod_yaml("client", "client", CLIENT_IP, true),
         pod_yaml("server", "web", SERVER_IP, true),
         pod_yaml("legacy", "legacy", LEGACY_IP, false),
+        pod_yaml("other", "other", OTHER_IP, true),
         format!(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {NS}\nspec:\n  clusterIP: {VIP}\n  selector:\n    app: server\n  ports:\n  - name: http\n    port: 80\n    targetPort: http\n"
         ),
@@ -69,6 +72,13 @@ fn peer_authentications(mode: &str) -> String {
 fn destination_rule(tls: &str) -> String {
     format!(
         "apiVersion: networking.palisade.dev/v1\nkind: DestinationRule\nmetadata:\n  name: web\n  namespace: {NS}\nspec:\n  host: web.{NS}.svc.cluster.local\n  trafficPolicy:\n    tls:\n{tls}"
+    )
+}
+
+/// An AuthorizationPolicy on the server pod; `rules` is the YAML list under `rules:`.
+fn authorization_policy(name: &str, action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.palisade.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: {NS}\nspec:\n  selector:\n    matchLabels:\n      app: server\n  action: {action}\n  rules:\n{rules}"
     )
 }
 
@@ -446,18 +456,22 @@ fn mesh_end_to_end() {
         .add_meshed_pod("server", SERVER_IP, NS, "web", &[])
         .expect("server pod");
     let legacy = mesh.add_pod("legacy", LEGACY_IP).expect("legacy pod");
+    let other = mesh
+        .add_meshed_pod("other", OTHER_IP, NS, "other", &[])
+        .expect("second client pod");
     let seen_http = http_app(&server, HTTP_PORT, "web");
     let seen_plain = http_app(&server, PLAIN_PORT, "plain");
     echo_app(&server, ECHO_PORT);
-    for pod in [&client, &server] {
+    for pod in [&client, &server, &other] {
         mesh.wait_healthy(pod, Duration::from_secs(60))
             .expect("proxy healthy");
     }
     let capture = Capture::start(mesh.lab.hub());
     let logs = || {
         format!(
-            "\n--- client proxy ---\n{}\n--- server proxy ---\n{}\n--- controller ---\n{}",
+            "\n--- client proxy ---\n{}\n--- other proxy ---\n{}\n--- server proxy ---\n{}\n--- controller ---\n{}",
             mesh.lab.log_tail("proxy-client", 3000),
+            mesh.lab.log_tail("proxy-other", 1500),
             mesh.lab.log_tail("proxy-server", 3000),
             mesh.lab.log_tail("controller", 2000)
         )
@@ -594,7 +608,110 @@ fn mesh_end_to_end() {
         .round_trip("after policy edits")
         .expect("open connection survives policy edits");
 
-    // 8. Rotation: with a 60 s lifetime the proxy renews at about half; the open connection
+    // 8. AuthorizationPolicy. A DENY for the second client's identity closes its open
+    //    connection within seconds; the first client's open connection keeps running.
+    let echo = SocketAddr::from((SERVER_IP, ECHO_PORT));
+    let mut doomed = EchoSession::open(&other, echo);
+    doomed
+        .round_trip("before DENY")
+        .expect("second client echo");
+    mesh.write(
+        "authz-deny.yaml",
+        &authorization_policy(
+            "deny-other",
+            "DENY",
+            &format!("  - from:\n    - source:\n        principals: [\"cluster.local/ns/{NS}/sa/other\"]\n"),
+        ),
+    )
+    .unwrap();
+    let closed = eventually(CHANGE_DEADLINE, || {
+        doomed.round_trip("still there?").is_err()
+    });
+    assert!(
+        closed.is_some(),
+        "a DENY did not close the open connection it covers{}",
+        logs()
+    );
+    eprintln!("open connection closed {closed:?} after the DENY was written");
+    session
+        .round_trip("after the DENY")
+        .expect("an open connection the DENY does not cover keeps running");
+    assert!(
+        !is_ok(&call(&other, vip)),
+        "a new connection under the DENY"
+    );
+    let denied = mesh::counter(
+        &server,
+        "palisade_proxy_authz_denied_total",
+        &[("policy", "shop/deny-other")],
+    )
+    .unwrap();
+    assert!(denied >= 2, "the server proxy counted {denied} denials");
+    mesh.remove("authz-deny.yaml").unwrap();
+
+    // 9. An ALLOW naming the first client's identity: it gets in, the second client (another
+    //    service account) and a plaintext client under PERMISSIVE do not.
+    mesh.write(
+        "authz-allow.yaml",
+        &authorization_policy(
+            "allow-client",
+            "ALLOW",
+            &format!("  - from:\n    - source:\n        principals: [\"cluster.local/ns/{NS}/sa/client\"]\n"),
+        ),
+    )
+    .unwrap();
+    let took = eventually(CHANGE_DEADLINE, || !is_ok(&call(&legacy, server_http)));
+    assert!(
+        took.is_some(),
+        "an ALLOW naming principals let plaintext in{}",
+        logs()
+    );
+    assert!(
+        eventually(CHANGE_DEADLINE, || !is_ok(&call(&other, vip))).is_some(),
+        "the ALLOW let the second client in{}",
+        logs()
+    );
+    assert!(
+        is_ok(&call(&client, vip)),
+        "the ALLOW kept its client out{}",
+        logs()
+    );
+
+    // 10. A DENY by namespace (on the HTTP port only) wins over that ALLOW.
+    mesh.write(
+        "authz-deny.yaml",
+        &authorization_policy(
+            "deny-namespace",
+            "DENY",
+            &format!("  - from:\n    - source:\n        namespaces: [\"{NS}\"]\n    to:\n    - operation:\n        ports: [\"{HTTP_PORT}\"]\n"),
+        ),
+    )
+    .unwrap();
+    assert!(
+        eventually(CHANGE_DEADLINE, || !is_ok(&call(&client, vip))).is_some(),
+        "an ALLOW beat a DENY{}",
+        logs()
+    );
+
+    // 11. Policies removed: everyone is back.
+    mesh.remove("authz-deny.yaml").unwrap();
+    mesh.remove("authz-allow.yaml").unwrap();
+    for (who, pod, to) in [
+        ("client", &client, vip),
+        ("second client", &other, vip),
+        ("plaintext", &legacy, server_http),
+    ] {
+        assert!(
+            eventually(CHANGE_DEADLINE, || is_ok(&call(pod, to))).is_some(),
+            "{who} not let back in after the policies were removed{}",
+            logs()
+        );
+    }
+    session
+        .round_trip("after authorization changes")
+        .expect("the first client's connection survived every authorization change");
+
+    // 12. Rotation: with a 60 s lifetime the proxy renews at about half; the open connection
     //    survives, a new one gets the new certificate.
     let rotated = eventually(Duration::from_secs(50), || {
         mesh::certificate(&server).is_ok_and(|(_, serial)| serial != first_serial)
@@ -613,7 +730,7 @@ fn mesh_end_to_end() {
         logs()
     );
 
-    // 9. SIGTERM: the proxy drains and exits 0.
+    // 13. SIGTERM: the proxy drains and exits 0.
     drop(session);
     let status = mesh
         .lab
