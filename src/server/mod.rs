@@ -376,13 +376,16 @@ pub async fn start_with_client(
     };
     // One CaService decides who every caller is, for CreateCertificate and SDS alike.
     let ca = CaService::new(authority.clone(), authenticator).with_certificate_renewal(renewal);
-    let sds = SdsService::new(ca.clone(), metrics.xds.clone()).into_server();
+    let sds = SdsService::new(ca.clone(), metrics.xds.clone())
+        .with_shutdown(shutdown_rx.clone())
+        .into_server();
     let ca_service = ca.into_server();
     let ads = AdsService::new(
         Arc::new(registry.clone()),
         config.policy.trust_domain.clone(),
         metrics.xds.clone(),
     )
+    .with_shutdown(shutdown_rx.clone())
     .into_server();
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_secs(30))

@@ -46,6 +46,7 @@ pub struct AdsService {
     registry: Arc<dyn ViewRegistry>,
     trust_domain: String,
     metrics: XdsMetrics,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// What every refused caller sees.
@@ -64,7 +65,16 @@ impl AdsService {
             registry,
             trust_domain: trust_domain.into(),
             metrics,
+            shutdown: stream::never_shutdown(),
         }
+    }
+
+    /// The same service ending every open stream with `UNAVAILABLE` once `shutdown` turns
+    /// `true`, so the gRPC server's graceful shutdown is not held up by proxies that never end
+    /// their streams (they reconnect, to another replica or to this one when it is back).
+    pub fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The service to add to the gRPC server (request size bound applied; responses share
@@ -105,6 +115,7 @@ impl AdsService {
             identity,
             peer,
             outbox,
+            shutdown: self.shutdown.clone(),
         };
         tokio::spawn(task.run(request.into_inner()));
         Ok(responses)
@@ -123,6 +134,7 @@ struct AdsStream {
     identity: crate::auth::Identity,
     peer: String,
     outbox: Outbox<WireResponse>,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// Why a stream ends early.
@@ -136,8 +148,12 @@ enum End {
 impl AdsStream {
     async fn run(self, mut inbound: Streaming<DiscoveryRequest>) {
         let _open = self.metrics.stream_opened(SERVICE);
+        let mut shutdown = self.shutdown.clone();
         let first = tokio::select! {
             _ = self.outbox.closed() => return,
+            _ = stream::shutting_down(&mut shutdown) => {
+                return self.outbox.end(stream::shutdown_status()).await;
+            }
             first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message()) => first,
         };
         let first = match first {
@@ -204,6 +220,7 @@ impl AdsStream {
         let mut current = view.borrow_and_update().clone();
         let mut since = Instant::now();
         let mut request = Some(first);
+        let mut shutdown = self.shutdown.clone();
         loop {
             if let Some(req) = request.take()
                 && let Err(end) = self.on_request(&node, &mut state, &req, &mut unknown_logged)
@@ -224,6 +241,10 @@ impl AdsStream {
             }
             tokio::select! {
                 _ = self.outbox.closed() => return End::Quiet,
+                _ = stream::shutting_down(&mut shutdown) => {
+                    tracing::debug!(peer = %self.peer, pod = %node.pod, "ending the ADS stream: shutting down");
+                    return End::Status(stream::shutdown_status());
+                }
                 changed = view.changed() => {
                     if changed.is_err() {
                         tracing::info!(peer = %self.peer, pod = %node.pod, "view closed; ending the ADS stream");

@@ -62,6 +62,7 @@ pub struct SdsService {
     ca: CaService,
     authority: Arc<Authority>,
     metrics: XdsMetrics,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A certificate and key issued for one stream.
@@ -81,7 +82,15 @@ impl SdsService {
             authority: ca.authority().clone(),
             ca,
             metrics,
+            shutdown: stream::never_shutdown(),
         }
+    }
+
+    /// The same service ending every open stream with `UNAVAILABLE` once `shutdown` turns
+    /// `true` (see [`super::AdsService::with_shutdown`]).
+    pub fn with_shutdown(mut self, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// The tonic server for this service, with the request size bound applied.
@@ -313,6 +322,7 @@ impl SdsStream {
         let mut state = StreamState::new();
         let mut leaf: Option<Leaf> = None;
         let mut since = Instant::now();
+        let mut shutdown = self.service.shutdown.clone();
         loop {
             if let Some(names) = state.names(SECRET_TYPE) {
                 let wants_default = names.iter().any(|n| n == DEFAULT);
@@ -332,6 +342,7 @@ impl SdsStream {
             let renewal = leaf.as_ref().map(|l| l.renew_at);
             tokio::select! {
                 _ = self.outbox.closed() => return Ok(()),
+                _ = stream::shutting_down(&mut shutdown) => return Err(stream::shutdown_status()),
                 changed = bundles.changed() => {
                     if changed.is_err() {
                         return Err(Status::unavailable("shutting down"));

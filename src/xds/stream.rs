@@ -73,3 +73,22 @@ impl<R> Outbox<R> {
         self.tx.closed().await
     }
 }
+
+/// Resolves once `shutdown` turns `true`; never when its sender is gone without doing so (a
+/// service built without a shutdown signal).
+pub async fn shutting_down(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The status a stream ends with when the control plane shuts down: the proxy reconnects (to
+/// another replica, or to this one once it is back) and keeps its last policy meanwhile.
+pub fn shutdown_status() -> Status {
+    Status::unavailable("control plane shutting down; reconnect")
+}
+
+/// A shutdown signal that never fires, for services built without one.
+pub fn never_shutdown() -> tokio::sync::watch::Receiver<bool> {
+    tokio::sync::watch::channel(false).1
+}

@@ -239,6 +239,34 @@ async fn a_revoked_credential_ends_the_stream_instead_of_a_renewal() {
 }
 
 #[tokio::test]
+async fn shutdown_ends_open_ads_and_sds_streams_with_unavailable() {
+    let plane = h::start(IssuancePolicy::default()).await;
+    plane.registry.add_pod("shop", "web-1", "web");
+    let mut sds = open_sds(plane.channel(None).await, Some(WEB_TOKEN), &[DEFAULT]).await;
+    assert!(secrets(&sds.next().await.unwrap()).default.is_some());
+    let id = plane.workload("shop", "web");
+    let mut ads = h::open_ads(
+        plane.channel(Some(&id)).await,
+        h::request(
+            palisade::xds::views::INBOUND_POLICY_TYPE,
+            Some(h::node("shop", "web-1")),
+        ),
+    )
+    .await
+    .expect("admitted");
+    ads.next().await.expect("the InboundPolicy");
+    plane.shutdown.send_replace(true);
+    for (name, stream) in [("ADS", &mut ads), ("SDS", &mut sds)] {
+        let status = stream.next().await.expect_err("the stream ends");
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+    }
+    // A stream opened during shutdown ends at once too.
+    let mut late = open_sds(plane.channel(None).await, Some(WEB_TOKEN), &[DEFAULT]).await;
+    let status = late.next().await.expect_err("ends");
+    assert_eq!(status.code(), Code::Unavailable);
+}
+
+#[tokio::test]
 async fn fetch_and_authentication() {
     let plane = h::start(IssuancePolicy::default()).await;
     let mut client = SecretDiscoveryServiceClient::new(plane.channel(None).await);

@@ -147,6 +147,8 @@ pub struct Plane {
     pub authority: Arc<Authority>,
     pub registry: Arc<TestRegistry>,
     pub tokens: Tokens,
+    /// Set to `true` to tell ADS and SDS the control plane is shutting down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     prometheus: prometheus_client::registry::Registry,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -204,14 +206,16 @@ pub async fn start(policy: IssuancePolicy) -> Plane {
     let mut prometheus = prometheus_client::registry::Registry::with_prefix("palisade");
     metrics.register(&mut prometheus);
     let trust_domain = authority.policy().trust_domain.clone();
-    let ads = AdsService::new(registry.clone(), trust_domain, metrics.clone());
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let ads = AdsService::new(registry.clone(), trust_domain, metrics.clone())
+        .with_shutdown(shutdown_rx.clone());
     // SDS follows CreateCertificate's rules: certificate-authenticated callers only with
     // renewal by certificate enabled (the tests below use both credentials).
     let ca = palisade::xds::CaService::new(authority.clone(), Arc::new(tokens.clone()))
         .with_certificate_renewal(palisade::xds::ca_service::CertificateRenewal::Enabled {
             service_accounts: None,
         });
-    let sds = SdsService::new(ca, metrics.clone());
+    let sds = SdsService::new(ca, metrics.clone()).with_shutdown(shutdown_rx);
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(256)
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
@@ -226,6 +230,7 @@ pub async fn start(policy: IssuancePolicy) -> Plane {
         authority,
         registry,
         tokens,
+        shutdown,
         prometheus,
         tasks: vec![server, serving_task],
     }
