@@ -62,18 +62,35 @@ pub fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     Ok(wrk)
 }
 
-/// The resident set of process `pid`, MiB (VmRSS of /proc/<pid>/status).
-pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+/// A process's resident memory, MiB: all of it (VmRSS) and the part that is its own
+/// anonymous memory (RssAnon; the rest is mostly the executable's and libraries' file pages,
+/// which the page cache shares with every process mapping the same files).
+#[derive(Clone, Copy, Debug)]
+pub struct Rss {
+    /// VmRSS.
+    pub total: f64,
+    /// RssAnon.
+    pub anon: f64,
+}
+
+/// [`Rss`] of process `pid` from /proc/<pid>/status.
+pub fn rss_mib(pid: u32) -> anyhow::Result<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .context("no VmRSS")?
-        .trim()
-        .parse::<f64>()?;
-    Ok(kib / 1024.0)
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?
+            .trim()
+            .parse::<f64>()?;
+        Ok(kib / 1024.0)
+    };
+    Ok(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+    })
 }
 
 /// The process named `comm` in network namespace `netns` (exactly one).
