@@ -49,6 +49,11 @@ const VIP_BULK_PORT: u16 = 81;
 const BULK_BYTES: u64 = 1 << 30;
 const HELD: usize = 1_000;
 const READY: Duration = Duration::from_secs(60);
+/// Positions in the list of set-ups.
+const DIRECT: usize = 0;
+const REFERENCE: usize = 1;
+const HAPROXY: usize = 2;
+const PALISADE: usize = 3;
 
 fn manifests() -> Vec<(&'static str, String)> {
     let pod = |name: &str, sa: &str, ip: Ipv4Addr| {
@@ -81,7 +86,8 @@ struct Setup {
     name: &'static str,
     client: Pod,
     http: SocketAddr,
-    bulk: SocketAddr,
+    /// The bulk source through the same path, if the set-up carries it.
+    bulk: Option<SocketAddr>,
     /// (side, pid) of each proxy.
     proxies: Vec<(&'static str, u32)>,
 }
@@ -92,7 +98,7 @@ struct Figures {
     one: Wrk,
     sixteen: Wrk,
     connect: Wrk,
-    bulk_mib_s: f64,
+    bulk_mib_s: Option<f64>,
     rss_idle: Vec<Rss>,
     rss_held: Vec<Rss>,
 }
@@ -184,32 +190,40 @@ fn run() -> anyhow::Result<()> {
             name: "direct",
             client: direct_client.clone(),
             http: SocketAddr::from((DIRECT_SERVER_IP, app::HTTP_PORT)),
-            bulk: SocketAddr::from((DIRECT_SERVER_IP, app::BULK_PORT)),
+            bulk: Some(SocketAddr::from((DIRECT_SERVER_IP, app::BULK_PORT))),
+            proxies: vec![],
+        },
+        Setup {
+            name: "haproxy pair, no TLS (reference)",
+            client: direct_client.clone(),
+            http: SocketAddr::from((loopback, haproxy::CLIENT_PLAIN_PORT)),
+            // HTTP only: the reference is for latency and request rates.
+            bulk: None,
             proxies: vec![],
         },
         Setup {
             name: "haproxy pair",
             client: direct_client.clone(),
             http: SocketAddr::from((loopback, haproxy::CLIENT_HTTP_PORT)),
-            bulk: SocketAddr::from((loopback, haproxy::CLIENT_BULK_PORT)),
+            bulk: Some(SocketAddr::from((loopback, haproxy::CLIENT_BULK_PORT))),
             proxies: vec![],
         },
         Setup {
             name: "Palisade pair",
             client: mesh_client.clone(),
             http: SocketAddr::from((VIP, VIP_HTTP_PORT)),
-            bulk: SocketAddr::from((VIP, VIP_BULK_PORT)),
+            bulk: Some(SocketAddr::from((VIP, VIP_BULK_PORT))),
             proxies: vec![],
         },
     ];
     for setup in &setups {
         wait_path(&mesh, setup)?;
     }
-    setups[1].proxies = vec![
+    setups[HAPROXY].proxies = vec![
         ("client", measure::pid_in(&direct_client.netns, "haproxy")?),
         ("server", measure::pid_in(&direct_server.netns, "haproxy")?),
     ];
-    setups[2].proxies = vec![
+    setups[PALISADE].proxies = vec![
         ("client", measure::pid_in(&mesh_client.netns, "palisade")?),
         ("server", measure::pid_in(&mesh_server.netns, "palisade")?),
     ];
@@ -231,13 +245,17 @@ fn run() -> anyhow::Result<()> {
         f.sixteen = wrk(setup, 16, secs, &[])?;
     }
     for (setup, f) in setups.iter().zip(&mut figures) {
-        let to = setup.bulk;
-        f.bulk_mib_s = setup.client.enter(move || app::bulk(to, BULK_BYTES))??;
+        if let Some(to) = setup.bulk {
+            f.bulk_mib_s = Some(setup.client.enter(move || app::bulk(to, BULK_BYTES))??);
+        }
     }
     for (setup, f) in setups.iter().zip(&mut figures) {
         f.connect = wrk(setup, 16, secs, &["-H", "Connection: close"])?;
     }
     for (setup, f) in setups.iter().zip(&mut figures) {
+        if setup.proxies.is_empty() {
+            continue;
+        }
         let to = setup.http;
         let held = setup.client.enter(move || app::open_held(to, HELD))??;
         f.rss_held = rss(setup)?;
@@ -269,7 +287,7 @@ fn run() -> anyhow::Result<()> {
 fn hold(setups: &[Setup]) -> anyhow::Result<()> {
     for s in setups {
         println!(
-            "{}: ip netns exec {} wrk http://{}/ (bulk {}); proxies {:?}",
+            "{}: ip netns exec {} wrk http://{}/ (bulk {:?}); proxies {:?}",
             s.name, s.client.netns, s.http, s.bulk, s.proxies
         );
     }
@@ -403,7 +421,7 @@ fn report(setups: &[Setup], figures: &[Figures]) {
         format!("{:.0}", f.sixteen.rps)
     });
     row("bulk, one stream (1 GiB)", &|f| {
-        format!("{:.0} MiB/s", f.bulk_mib_s)
+        f.bulk_mib_s.map_or("–".into(), |b| format!("{b:.0} MiB/s"))
     });
     row("new connections/s (16 at a time)", &|f| {
         format!("{:.0}", f.connect.rps)
@@ -430,13 +448,13 @@ fn report(setups: &[Setup], figures: &[Figures]) {
         mib(&f.rss_held, true)
     });
 
-    let [direct, haproxy, palisade] = figures else {
-        return;
-    };
+    let (direct, reference) = (&figures[DIRECT], &figures[REFERENCE]);
+    let (haproxy, palisade) = (&figures[HAPROXY], &figures[PALISADE]);
     let added = |f: &Figures| f.one.p50_us - direct.one.p50_us;
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
-        "\nadded p50 per pair, 1 connection: haproxy {:.1} µs, Palisade {:.1} µs",
+        "\nadded p50 per pair, 1 connection: haproxy without TLS {:.1} µs, haproxy {:.1} µs, Palisade {:.1} µs",
+        added(reference),
         added(haproxy),
         added(palisade)
     );

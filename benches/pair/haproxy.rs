@@ -18,6 +18,10 @@ use palisade::ca::spiffe::Identity;
 pub const CLIENT_HTTP_PORT: u16 = 18080;
 /// The client-side bulk listener.
 pub const CLIENT_BULK_PORT: u16 = 18081;
+/// The client-side listener of the plaintext reference pair (HTTP only, no TLS at all).
+pub const CLIENT_PLAIN_PORT: u16 = 18090;
+/// The server-side listener of the plaintext reference pair.
+pub const SERVER_PLAIN_PORT: u16 = 18090;
 /// The server-side haproxy's TLS listener for HTTP, on the server pod's address.
 pub const SERVER_HTTP_PORT: u16 = 18443;
 /// The server-side TLS listener for the bulk source.
@@ -94,6 +98,11 @@ pub fn client_config(pki: &Pki, server_ip: Ipv4Addr) -> String {
             "listen {name}\n    bind 127.0.0.1:{listen}\n    server up {server_ip}:{upstream} {tls}\n\n"
         ));
     }
+    // The reference: the same two hops with no TLS, to tell the cost of two more processes on
+    // the path from the cost of TLS.
+    cfg.push_str(&format!(
+        "listen plain\n    bind 127.0.0.1:{CLIENT_PLAIN_PORT}\n    server up {server_ip}:{SERVER_PLAIN_PORT}\n\n"
+    ));
     cfg
 }
 
@@ -114,5 +123,8 @@ pub fn server_config(pki: &Pki, server_ip: Ipv4Addr, http_port: u16, bulk_port: 
             "listen {name}\n    bind {server_ip}:{listen} {tls}\n    server app 127.0.0.1:{app}\n\n"
         ));
     }
+    cfg.push_str(&format!(
+        "listen plain\n    bind {server_ip}:{SERVER_PLAIN_PORT}\n    server app 127.0.0.1:{http_port}\n\n"
+    ));
     cfg
 }
