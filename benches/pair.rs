@@ -134,7 +134,13 @@ fn run() -> anyhow::Result<()> {
         );
     }
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_palisade"));
-    let dir = std::env::temp_dir().join("palisade-pairbench");
+    // An unpredictable name (this runs as root), readable by the proxies' uid.
+    let scratch = tempfile::Builder::new()
+        .prefix("palisade-pairbench-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .tempdir()
+        .context("creating the scratch directory")?;
+    let dir = scratch.path().to_path_buf();
     println!("{}", machine());
     println!("load average before: {}", measure::load_average());
 
@@ -279,6 +285,7 @@ fn run() -> anyhow::Result<()> {
     report(&setups, &figures);
     drop(runtime);
     drop(mesh);
+    drop(scratch);
     Ok(())
 }
 
@@ -310,17 +317,28 @@ fn listen(pod: &Pod, port: u16) -> anyhow::Result<std::net::TcpListener> {
 /// Polls one request through `setup` until it answers (the proxies have their certificates
 /// and policy, haproxy listens).
 fn wait_path(mesh: &Mesh, setup: &Setup) -> anyhow::Result<()> {
+    const HAPROXIES: [&str; 2] = ["haproxy-client", "haproxy-server"];
+    let logs = || -> String {
+        HAPROXIES
+            .iter()
+            .map(|n| format!("{n}: {}", mesh.lab.log_tail(n, 1000)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     let deadline = Instant::now() + READY;
     loop {
+        // A haproxy that rejected its configuration exits at once: say so without waiting.
+        if let Some((name, status)) = HAPROXIES
+            .iter()
+            .find_map(|n| mesh.lab.exited(n).map(|s| (n, s)))
+        {
+            bail!("{name} exited ({status}):\n{}", logs());
+        }
         let to = setup.http;
         match setup.client.enter(move || app::probe(to))? {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() > deadline => {
-                let logs: Vec<String> = ["haproxy-client", "haproxy-server"]
-                    .iter()
-                    .map(|n| format!("{n}: {}", mesh.lab.log_tail(n, 1000)))
-                    .collect();
-                bail!("{} does not answer: {e:#}\n{}", setup.name, logs.join("\n"));
+                bail!("{} does not answer: {e:#}\n{}", setup.name, logs());
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
