@@ -9,6 +9,8 @@
 //!   listener) → a Service VIP → mesh mTLS → the meshed server pod (redirect to the inbound
 //!   listener, STRICT) → the app; the standalone controller issues the certificates and policy,
 //!   exactly as `palisade demo` and the end-to-end test deploy it.
+//! - and, as a reference, a haproxy pair relaying plain TCP over the same hops (what two more
+//!   processes on the path cost without any TLS).
 //!
 //! The app is the same code in both server pods (`pair/app.rs`, a tokio HTTP/1.1 keep-alive
 //! server and a bulk source, in this process). Measured per set-up: wrk latency p50/p99 and
@@ -238,8 +240,8 @@ fn run() -> anyhow::Result<()> {
         return hold(&setups);
     }
     let mut figures: Vec<Figures> = setups.iter().map(|_| Figures::default()).collect();
-    // Each measure for the three set-ups back to back, so drift in the machine's load weighs on
-    // all three alike.
+    // Each measure for every set-up back to back, so drift in the machine's load weighs on
+    // all alike.
     for (setup, f) in setups.iter().zip(&mut figures) {
         f.rss_idle = rss(setup)?;
         wrk(setup, 1, 2, &[])?; // warm-up
@@ -289,7 +291,7 @@ fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--hold`: keeps the three set-ups up for profiling by hand (perf, strace) until a line
+/// `--hold`: keeps the set-ups up for profiling by hand (perf, strace) until a line
 /// arrives on stdin, after printing where each one is.
 fn hold(setups: &[Setup]) -> anyhow::Result<()> {
     for s in setups {
