@@ -8,7 +8,7 @@
 //! - Palisade pair: wrk in a meshed client pod (`palisade init`'s redirect to the outbound
 //!   listener) → a Service VIP → mesh mTLS → the meshed server pod (redirect to the inbound
 //!   listener, STRICT) → the app; the standalone controller issues the certificates and policy,
-//!   exactly as `palisade demo` and the end-to-end test deploy it.
+//!   exactly as `palisade demo` and the end-to-end test deploy it;
 //! - and, as a reference, a haproxy pair relaying plain TCP over the same hops (what two more
 //!   processes on the path cost without any TLS).
 //!

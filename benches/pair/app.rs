@@ -1,5 +1,5 @@
-//! The application every set-up serves, and the driver's own clients. One code for every
-//! paths: a tokio HTTP/1.1 keep-alive server answering every request with the same 13-byte body
+//! The application every set-up serves, and the driver's own clients. The same code for every
+//! path: a tokio HTTP/1.1 keep-alive server answering every request with the same 13-byte body
 //! (closing after the response when the request says `Connection: close`), and a bulk source
 //! that sends as many bytes as the client asks for.
 
