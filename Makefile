@@ -3,7 +3,7 @@ CARGO ?= cargo
 PIP ?= python3 -m pip
 SHELL := /bin/bash
 
-.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns tools-chart crypto-check chart-check image e2e bench
+.PHONY: build test lint fmt fmt-check crds crds-check tools tools-netns tools-chart crypto-check chart-check image e2e bench bench-pair
 
 build:
 	$(CARGO) build --locked
@@ -122,3 +122,10 @@ tools-chart:
 
 bench:
 	$(CARGO) bench --locked
+
+## bench-pair: the proxy pair against a haproxy pair and against no proxy, as separate processes
+## in network namespaces (benches/pair.rs; method and figures in docs/performance.md). Needs root,
+## iproute2, iptables, util-linux, haproxy and wrk (apt-get install -y haproxy wrk); fails naming
+## what is missing. PALISADE_BENCH_SECS sets each wrk run (default 10). Not part of `make test`.
+bench-pair:
+	$(CARGO) bench --locked --bench pair -- --required
