@@ -330,14 +330,18 @@ mod tests {
         assert_eq!(wire.rules.len(), 1);
         assert_eq!(wire.rules[0].index, 1);
         let read = WorkloadAuthz::new(vec![Arc::new(from_wire(&wire).0)]);
-        let c = Connection::mtls(
+        let c = shop_x();
+        assert_eq!(read.decide(&c).decided_by.unwrap().rule, Some(1));
+    }
+
+    fn shop_x() -> Connection {
+        Connection::mtls(
             "spiffe://cluster.local/ns/shop/sa/x",
             "10.0.0.1".parse().unwrap(),
             "10.0.0.2".parse().unwrap(),
             80,
         )
-        .unwrap();
-        assert_eq!(read.decide(&c).decided_by.unwrap().rule, Some(1));
+        .unwrap()
     }
 
     fn wire_check(attribute: i32, values: &[&str]) -> pb::AuthorizationCheck {
@@ -350,13 +354,7 @@ mod tests {
 
     #[test]
     fn what_cannot_be_read_fails_closed() {
-        let c = Connection::mtls(
-            "spiffe://cluster.local/ns/shop/sa/x",
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.2".parse().unwrap(),
-            80,
-        )
-        .unwrap();
+        let c = shop_x();
         let bad_checks = [
             wire_check(0, &["x"]),
             wire_check(99, &["x"]),

@@ -128,58 +128,43 @@ impl Mesh {
         }
     }
 
-    /// A PeerAuthentication with `spec` (JSON, as a user writes it).
-    pub(crate) fn pa(mut self, namespace: &str, name: &str, spec: Value) -> Mesh {
-        let spec: PeerAuthenticationSpec = serde_json::from_value(spec).expect("test spec");
+    /// The record of a policy `namespace/name` with `spec` (JSON, as a user writes it).
+    fn record<S: serde::de::DeserializeOwned>(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        spec: Value,
+    ) -> (ObjectKey, Arc<PolicyRecord<S>>) {
         let policy = Policy {
             meta: self.meta(namespace, name),
-            spec,
+            spec: serde_json::from_value(spec).expect("test spec"),
         };
-        self.inventory.peer_authentications.insert(
-            ObjectKey::new(namespace, name),
-            Arc::new(PolicyRecord {
-                policy,
-                generation: None,
-                status: None,
-            }),
-        );
+        let record = PolicyRecord {
+            policy,
+            generation: None,
+            status: None,
+        };
+        (ObjectKey::new(namespace, name), Arc::new(record))
+    }
+
+    /// A PeerAuthentication with `spec` (JSON).
+    pub(crate) fn pa(mut self, namespace: &str, name: &str, spec: Value) -> Mesh {
+        let (key, record) = self.record::<PeerAuthenticationSpec>(namespace, name, spec);
+        self.inventory.peer_authentications.insert(key, record);
         self
     }
 
     /// A DestinationRule with `spec` (JSON).
     pub(crate) fn dr(mut self, namespace: &str, name: &str, spec: Value) -> Mesh {
-        let spec: DestinationRuleSpec = serde_json::from_value(spec).expect("test spec");
-        let policy = Policy {
-            meta: self.meta(namespace, name),
-            spec,
-        };
-        self.inventory.destination_rules.insert(
-            ObjectKey::new(namespace, name),
-            Arc::new(PolicyRecord {
-                policy,
-                generation: None,
-                status: None,
-            }),
-        );
+        let (key, record) = self.record::<DestinationRuleSpec>(namespace, name, spec);
+        self.inventory.destination_rules.insert(key, record);
         self
     }
 
     /// An AuthorizationPolicy with `spec` (JSON).
     pub(crate) fn ap(mut self, namespace: &str, name: &str, spec: Value) -> Mesh {
-        let spec: crate::api::AuthorizationPolicySpec =
-            serde_json::from_value(spec).expect("test spec");
-        let policy = Policy {
-            meta: self.meta(namespace, name),
-            spec,
-        };
-        self.inventory.authorization_policies.insert(
-            ObjectKey::new(namespace, name),
-            Arc::new(PolicyRecord {
-                policy,
-                generation: None,
-                status: None,
-            }),
-        );
+        let (key, record) = self.record(namespace, name, spec);
+        self.inventory.authorization_policies.insert(key, record);
         self
     }
 
