@@ -36,7 +36,11 @@ pub(crate) struct CompiledRule {
     pub(crate) never: bool,
 }
 
+/// The straightforward reading of a rule, kept as the reference (`scan_decide`) that the
+/// decision index is tested against.
+#[cfg(test)]
 impl CompiledRule {
+    /// True when the connection satisfies the rule.
     pub(crate) fn matches(&self, c: &super::Connection) -> bool {
         !self.never
             && (self.from.is_empty()

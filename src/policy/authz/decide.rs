@@ -1,17 +1,19 @@
 //! Which policies apply to a workload, and the decision for one connection.
 //!
 //! [`WorkloadAuthz`] holds the compiled rules of the policies that apply to one workload, with
-//! DENY and ALLOW rules indexed by exact principal, exact namespace or port, so a decision looks
-//! at the few rules that could match rather than scanning every policy.
+//! DENY and ALLOW rules flattened and indexed by an attribute each rule requires (exact
+//! principal, principal prefix or suffix, namespace, source address block, port, …; see
+//! `index`), so a decision looks at the few rules that could match rather than scanning every
+//! policy.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::api::{AuthorizationAction, AuthorizationPolicySpec, WorkloadSelector};
 use crate::policy::model::{MeshConfig, ObjectRef, Policy, PolicyKind};
 
 use super::compile::{CompiledPolicy, CompiledRule, compile};
-use super::matcher::Attr;
+use super::index::{Facts, RuleSet};
 use super::{Connection, Reason, RuleRef, Verdict};
 
 /// All AuthorizationPolicies of the mesh, compiled once.
@@ -156,20 +158,24 @@ impl WorkloadAuthz {
     /// Indexes `policies` (already known to apply), in the given order.
     pub fn new(policies: Vec<Arc<CompiledPolicy>>) -> WorkloadAuthz {
         let mut authz = WorkloadAuthz::default();
+        let mut deny: Vec<(u32, &[CompiledRule])> = Vec::new();
+        let mut allow: Vec<(u32, &[CompiledRule])> = Vec::new();
         for (p, policy) in policies.iter().enumerate() {
             let p = u32::try_from(p).unwrap_or(u32::MAX);
             match policy.action {
                 AuthorizationAction::Custom => {
                     authz.custom.get_or_insert(p);
                 }
-                AuthorizationAction::Deny => authz.deny.add(p, &policy.rules),
+                AuthorizationAction::Deny => deny.push((p, &policy.rules)),
                 AuthorizationAction::Allow => {
                     authz.has_allow = true;
-                    authz.allow.add(p, &policy.rules);
+                    allow.push((p, &policy.rules));
                 }
                 AuthorizationAction::Audit => {}
             }
         }
+        authz.deny = RuleSet::new(&deny);
+        authz.allow = RuleSet::new(&allow);
         authz.policies = policies;
         authz
     }
@@ -194,7 +200,9 @@ impl WorkloadAuthz {
                 decided_by: Some(RuleRef { policy, rule: None }),
             };
         }
-        if let Some(r) = self.deny.first_match(c) {
+        // What the rules read of the connection, taken once for both actions.
+        let f = Facts::new(c);
+        if let Some(r) = self.deny.first_match(&f) {
             return Verdict {
                 allowed: false,
                 reason: Reason::DenyMatched,
@@ -208,7 +216,7 @@ impl WorkloadAuthz {
                 decided_by: None,
             };
         }
-        match self.allow.first_match(c) {
+        match self.allow.first_match(&f) {
             Some(r) => Verdict {
                 allowed: true,
                 reason: Reason::AllowMatched,
@@ -221,118 +229,6 @@ impl WorkloadAuthz {
             },
         }
     }
-}
-
-/// The rules of one action, indexed. Rule ids are positions in `rules`, which follows policy
-/// order, so the smallest matching id is the first matching rule.
-#[derive(Clone, Debug, Default)]
-struct RuleSet {
-    rules: Vec<(RuleRef, CompiledRule)>,
-    by_principal: HashMap<Box<str>, Vec<u32>>,
-    by_namespace: HashMap<Box<str>, Vec<u32>>,
-    by_port: HashMap<u16, Vec<u32>>,
-    rest: Vec<u32>,
-}
-
-impl RuleSet {
-    fn add(&mut self, policy: u32, rules: &[CompiledRule]) {
-        for (r, rule) in rules.iter().enumerate() {
-            if rule.never {
-                continue;
-            }
-            let id = u32::try_from(self.rules.len()).unwrap_or(u32::MAX);
-            let rule_ref = RuleRef {
-                policy,
-                rule: Some(u32::try_from(r).unwrap_or(u32::MAX)),
-            };
-            self.rules.push((rule_ref, rule.clone()));
-            if let Some(keys) = clause_keys(&rule.from, Attr::Principal) {
-                for k in keys {
-                    self.by_principal.entry(k.into()).or_default().push(id);
-                }
-            } else if let Some(keys) = clause_keys(&rule.from, Attr::Namespace) {
-                for k in keys {
-                    self.by_namespace.entry(k.into()).or_default().push(id);
-                }
-            } else if let Some(ports) = port_keys(&rule.to) {
-                for p in ports {
-                    self.by_port.entry(p).or_default().push(id);
-                }
-            } else {
-                self.rest.push(id);
-            }
-        }
-        for ids in self
-            .by_principal
-            .values_mut()
-            .chain(self.by_namespace.values_mut())
-            .chain(self.by_port.values_mut())
-        {
-            ids.dedup();
-        }
-    }
-
-    fn first_match(&self, c: &Connection) -> Option<RuleRef> {
-        let mut best: Option<u32> = None;
-        let mut consider = |ids: &[u32]| {
-            for &id in ids {
-                if best.is_some_and(|b| id >= b) {
-                    return;
-                }
-                if self
-                    .rules
-                    .get(id as usize)
-                    .is_some_and(|(_, r)| r.matches(c))
-                {
-                    best = Some(id);
-                    return;
-                }
-            }
-        };
-        if let Some(p) = c.principal.as_deref()
-            && let Some(ids) = self.by_principal.get(p)
-        {
-            consider(ids);
-        }
-        if let Some(ns) = c.namespace.as_deref()
-            && let Some(ids) = self.by_namespace.get(ns)
-        {
-            consider(ids);
-        }
-        if let Some(ids) = self.by_port.get(&c.destination_port) {
-            consider(ids);
-        }
-        consider(&self.rest);
-        best.and_then(|id| self.rules.get(id as usize))
-            .map(|(r, _)| *r)
-    }
-}
-
-/// When every alternative of a non-empty clause list requires one of a set of exact values of
-/// `attr`, those values: a connection with another value cannot match the rule.
-fn clause_keys(
-    clauses: &[Vec<crate::policy::authz::matcher::Check>],
-    attr: Attr,
-) -> Option<Vec<&str>> {
-    if clauses.is_empty() {
-        return None;
-    }
-    let mut keys = Vec::new();
-    for clause in clauses {
-        keys.extend(clause.iter().find_map(|k| k.exact_keys(attr))?);
-    }
-    Some(keys)
-}
-
-fn port_keys(clauses: &[Vec<crate::policy::authz::matcher::Check>]) -> Option<Vec<u16>> {
-    if clauses.is_empty() {
-        return None;
-    }
-    let mut keys = Vec::new();
-    for clause in clauses {
-        keys.extend_from_slice(clause.iter().find_map(|k| k.port_keys())?);
-    }
-    Some(keys)
 }
 
 /// The decision by checking every rule of every policy in order, without the index: the

@@ -2,10 +2,12 @@
 //! with its values parsed once (strings into exact/prefix/suffix, addresses into CIDRs, ports
 //! into numbers), so a decision never looks at YAML.
 
+#[cfg(test)]
 use std::net::IpAddr;
 
 use crate::init::Cidr;
 
+#[cfg(test)]
 use super::Connection;
 
 /// One string pattern, Istio style: `*` alone is "present", `abc*` a prefix, `*abc` a suffix,
@@ -36,7 +38,8 @@ impl StrMatch {
         }
     }
 
-    fn matches(&self, value: &str) -> bool {
+    /// True when `value` fits the pattern.
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
             StrMatch::Present => !value.is_empty(),
             StrMatch::Exact(v) => **v == *value,
@@ -85,6 +88,9 @@ pub(crate) struct Check {
     pub(crate) negate: bool,
 }
 
+/// The straightforward reading of a check, kept as the reference that the flattened checks of
+/// the decision index (`index`) are tested against.
+#[cfg(test)]
 impl Check {
     /// True when the connection satisfies the check.
     pub(crate) fn matches(&self, c: &Connection) -> bool {
@@ -116,35 +122,13 @@ impl Check {
             }
         }
     }
-
-    /// The exact values of a positive string check on `attr` (for the decision index).
-    pub(crate) fn exact_keys(&self, attr: Attr) -> Option<Vec<&str>> {
-        if self.negate || self.attr != attr {
-            return None;
-        }
-        let Values::Strings(patterns) = &self.values else {
-            return None;
-        };
-        patterns
-            .iter()
-            .map(|p| match p {
-                StrMatch::Exact(v) => Some(&**v),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The ports of a positive port check (for the decision index).
-    pub(crate) fn port_keys(&self) -> Option<&[u16]> {
-        match (&self.values, self.negate) {
-            (Values::Ports(ports), false) => Some(ports),
-            _ => None,
-        }
-    }
 }
 
-/// True when `ip` is inside `cidr`. An IPv4-mapped IPv6 peer address is compared as IPv4, so a
-/// dual-stack listener cannot be used to slip past an IPv4 block.
+/// True when `ip` is inside `cidr` (the reference for the index's precomputed ranges). An IPv4-mapped IPv6 peer address is compared as IPv4, so a
+/// dual-stack listener cannot be used to slip past an IPv4 block. A prefix longer than the
+/// address (which `Cidr`'s parser refuses, but a `Cidr` built field by field may carry) counts
+/// as the whole address rather than underflowing.
+#[cfg(test)]
 pub(crate) fn cidr_contains(cidr: &Cidr, ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
@@ -153,13 +137,13 @@ pub(crate) fn cidr_contains(cidr: &Cidr, ip: IpAddr) -> bool {
     match (cidr.addr, ip) {
         (IpAddr::V4(net), IpAddr::V4(ip)) => {
             let mask = u32::MAX
-                .checked_shl(32 - u32::from(cidr.prefix))
+                .checked_shl(32u32.saturating_sub(u32::from(cidr.prefix)))
                 .unwrap_or(0);
             u32::from(ip) & mask == u32::from(net)
         }
         (IpAddr::V6(net), IpAddr::V6(ip)) => {
             let mask = u128::MAX
-                .checked_shl(128 - u32::from(cidr.prefix))
+                .checked_shl(128u32.saturating_sub(u32::from(cidr.prefix)))
                 .unwrap_or(0);
             u128::from(ip) & mask == u128::from(net)
         }

@@ -16,7 +16,9 @@
 
 mod compile;
 mod decide;
+mod index;
 mod matcher;
+mod prefix;
 mod status;
 pub mod wire;
 
