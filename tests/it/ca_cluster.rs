@@ -37,7 +37,7 @@ const WEBHOOK_CONFIGURATION: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/palisade-sidecar-injector";
 
 /// Collections the control plane lists and watches in a cluster.
-const WATCHED: [&str; 7] = [
+const WATCHED: [&str; 8] = [
     "/api/v1/namespaces",
     "/api/v1/pods",
     "/api/v1/services",
@@ -45,6 +45,7 @@ const WATCHED: [&str; 7] = [
     "/apis/discovery.k8s.io/v1/endpointslices",
     "/apis/security.palisade.dev/v1/peerauthentications",
     "/apis/networking.palisade.dev/v1/destinationrules",
+    "/apis/security.palisade.dev/v1/authorizationpolicies",
 ];
 
 /// A minimal API server: empty lists (and silent watches) of the watched collections, Secrets (get/create), TokenReviews ("good-token" is default/web), and
