@@ -222,6 +222,10 @@ impl AdsStream {
         let mut request = Some(first);
         let mut shutdown = self.shutdown.clone();
         loop {
+            // Checked before anything is sent: a request and the shutdown may both be ready.
+            if *shutdown.borrow() {
+                return End::Status(stream::shutdown_status());
+            }
             if let Some(req) = request.take()
                 && let Err(end) = self.on_request(&node, &mut state, &req, &mut unknown_logged)
             {

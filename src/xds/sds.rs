@@ -324,6 +324,10 @@ impl SdsStream {
         let mut since = Instant::now();
         let mut shutdown = self.service.shutdown.clone();
         loop {
+            // Checked before anything is sent: a request and the shutdown may both be ready.
+            if *shutdown.borrow() {
+                return Err(stream::shutdown_status());
+            }
             if let Some(names) = state.names(SECRET_TYPE) {
                 let wants_default = names.iter().any(|n| n == DEFAULT);
                 if !wants_default {
