@@ -99,17 +99,25 @@ pub async fn revoked(
     mut policy: watch::Receiver<Option<Arc<Policy>>>,
     conn: Option<Connection>,
 ) -> Denied {
+    // Most policy updates change Destinations or Workloads, not the AuthorizationPolicies:
+    // those keep the same compiled set (the same `Arc`) and need no new decision. The set the
+    // caller decided with is not known here (the receiver may already hold a newer value), so
+    // the first update is always decided.
+    let mut decided: Option<Arc<WorkloadAuthz>> = None;
     loop {
         if policy.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
         let current = policy.borrow_and_update().clone();
         // A policy withdrawn (`None`) never happens after the first one; keep the last.
-        if let Some(p) = current
-            && let Err(denied) = decide_with(&p.authz, conn.as_ref())
-        {
+        let Some(p) = current else { continue };
+        if decided.as_ref().is_some_and(|d| Arc::ptr_eq(d, &p.authz)) {
+            continue;
+        }
+        if let Err(denied) = decide_with(&p.authz, conn.as_ref()) {
             return denied;
         }
+        decided = Some(p.authz.clone());
     }
 }
 

@@ -125,3 +125,44 @@ async fn without_the_agent_the_last_policy_stays_in_force() {
     assert!(!watch.is_finished());
     watch.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_published_before_the_watch_starts_is_still_checked() {
+    let (tx, mut rx) = watch::channel(Some(Arc::new(Policy::default())));
+    rx.borrow_and_update();
+    // The caller decided with the first value; a denying policy arrives before the watch runs.
+    tx.send_replace(Some(Arc::new(policy(&[(
+        "deny-shop",
+        json!({"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]}),
+    )]))));
+    let conn = connection(&info(Some(FRONT), "10.0.0.1:4000"), None);
+    let denied = tokio::time::timeout(std::time::Duration::from_secs(5), revoked(rx, conn))
+        .await
+        .expect("revoked at once");
+    assert_eq!(denied.policy, "shop/deny-shop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_with_the_same_authorization_policies_keeps_the_connection_and_a_later_deny_revokes()
+ {
+    let deny_shop = Arc::new(policy(&[(
+        "deny-shop",
+        json!({"action": "DENY", "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}]}),
+    )]));
+    let allow_all = Arc::new(Policy::default());
+    let (tx, mut rx) = watch::channel(Some(allow_all.clone()));
+    rx.borrow_and_update();
+    let conn = connection(&info(Some(FRONT), "10.0.0.1:4000"), None);
+    let watch = tokio::spawn(revoked(rx, conn));
+    // Another policy object with the very same compiled set: still allowed.
+    let same_authz = Policy::default().with_authz(allow_all.authz.clone());
+    tx.send_replace(Some(Arc::new(same_authz)));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!watch.is_finished());
+    tx.send_replace(Some(deny_shop));
+    let denied = tokio::time::timeout(std::time::Duration::from_secs(5), watch)
+        .await
+        .expect("revoked")
+        .expect("task");
+    assert_eq!(denied.policy, "shop/deny-shop");
+}

@@ -75,17 +75,17 @@ impl AuthzEngine {
     }
 
     /// For each policy (in [`AuthzEngine::policies`] order), the number of `workloads` it
-    /// applies to.
+    /// applies to. Each workload looks only at the policies of its namespace and of the root
+    /// namespace ([`AuthzEngine::applying`]), so the cost follows workloads, not workloads
+    /// times policies (the status writer calls this on every inventory change).
     pub fn workload_counts(&self, workloads: &[crate::policy::model::Workload]) -> Vec<usize> {
-        self.policies
-            .iter()
-            .map(|e| {
-                workloads
-                    .iter()
-                    .filter(|w| self.entry_applies(e, &w.namespace, &w.labels))
-                    .count()
-            })
-            .collect()
+        let mut counts = vec![0; self.policies.len()];
+        for w in workloads {
+            for i in self.applying(&w.namespace, &w.labels) {
+                counts[i] += 1;
+            }
+        }
+        counts
     }
 
     fn entry_applies(&self, e: &Entry, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
