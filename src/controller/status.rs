@@ -39,9 +39,7 @@ use super::inventory::{Inventory, ObjectKey};
 use super::metrics::ReconcileMetrics;
 use crate::api::{DestinationRule, PeerAuthentication, PolicyCondition, PolicyStatus};
 use crate::policy::authz::{AuthzEngine, authz_status};
-use crate::policy::{
-    Diagnostic, DiagnosticKind, MeshConfig, ObjectRef, PolicyEngine, PolicyKind, Workload,
-};
+use crate::policy::{Diagnostic, DiagnosticKind, MeshConfig, ObjectRef, PolicyEngine, PolicyKind};
 
 /// Condition type: the object is in force.
 pub const ACCEPTED: &str = "Accepted";
@@ -310,13 +308,8 @@ impl<'e> Judge<'e> {
     /// `engine` must have been built from `inventory.mesh_input(..)`.
     fn new(inventory: &Inventory, engine: &'e PolicyEngine) -> Self {
         let authz_engine = AuthzEngine::new(engine.config(), &inventory.authz_policies());
-        let workloads: Vec<Workload> = inventory
-            .pods
-            .values()
-            .filter(|p| p.active)
-            .map(|p| p.workload.clone())
-            .collect();
-        let counts = authz_engine.workload_counts(&workloads);
+        let active = inventory.pods.values().filter(|p| p.active);
+        let counts = authz_engine.workload_counts(active.map(|p| &p.workload));
         let authz = authz_engine
             .policies()
             .zip(counts)

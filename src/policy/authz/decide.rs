@@ -61,6 +61,11 @@ impl AuthzEngine {
         self.policies.iter().map(|e| &*e.compiled)
     }
 
+    /// The policy at position `i` of [`AuthzEngine::policies`].
+    pub fn policy(&self, i: usize) -> Option<&CompiledPolicy> {
+        self.policies.get(i).map(|e| &*e.compiled)
+    }
+
     /// True when policy `object` applies to a workload of `namespace` with `labels`.
     pub fn applies(
         &self,
@@ -78,7 +83,10 @@ impl AuthzEngine {
     /// applies to. Each workload looks only at the policies of its namespace and of the root
     /// namespace ([`AuthzEngine::applying`]), so the cost follows workloads, not workloads
     /// times policies (the status writer calls this on every inventory change).
-    pub fn workload_counts(&self, workloads: &[crate::policy::model::Workload]) -> Vec<usize> {
+    pub fn workload_counts<'w>(
+        &self,
+        workloads: impl IntoIterator<Item = &'w crate::policy::model::Workload>,
+    ) -> Vec<usize> {
         let mut counts = vec![0; self.policies.len()];
         for w in workloads {
             for i in self.applying(&w.namespace, &w.labels) {

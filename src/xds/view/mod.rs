@@ -64,6 +64,8 @@ pub struct MeshViews {
     inbound: HashMap<String, Arc<TypedResources>>,
     /// AuthorizationPolicy sets by version.
     authz: HashMap<String, Arc<TypedResources>>,
+    /// Every AuthorizationPolicy, compiled (kept while the policies do not change).
+    authz_engine: Arc<AuthzEngine>,
     views: HashMap<ObjectKey, Arc<ProxyView>>,
 }
 
@@ -126,6 +128,7 @@ impl MeshViews {
                 classes: p.classes.clone(),
                 inbound: p.inbound.clone(),
                 authz: p.authz.clone(),
+                authz_engine: p.authz_engine.clone(),
                 views,
             };
         }
@@ -205,7 +208,18 @@ impl MeshViews {
             by_version: HashMap::new(),
         };
         let selector_rules = selector_rules(&inventory);
-        let mut authz = AuthzSets::new(&inventory, config, previous.map(|p| &p.authz));
+        let authz_engine = match previous {
+            Some(p)
+                if same_records(
+                    &p.inventory.authorization_policies,
+                    &inventory.authorization_policies,
+                ) =>
+            {
+                p.authz_engine.clone()
+            }
+            _ => Arc::new(AuthzEngine::new(config, &inventory.authz_policies())),
+        };
+        let mut authz = AuthzSets::new(authz_engine.clone(), previous.map(|p| &p.authz));
 
         let mut inbound_sets: HashMap<String, Arc<TypedResources>> = HashMap::new();
         let mut inbound_memo: HashMap<(usize, &str), Arc<TypedResources>> = HashMap::new();
@@ -285,6 +299,7 @@ impl MeshViews {
             classes,
             inbound: inbound_sets,
             authz: authz.by_version,
+            authz_engine,
             views,
         }
     }
@@ -319,11 +334,12 @@ pub fn same_view(a: &ProxyView, b: &ProxyView) -> bool {
         && same(&a.authorization, &b.authorization)
 }
 
-/// The AuthorizationPolicy sets of one computation: the engine compiles every policy once, each
-/// policy is encoded once when a pod first needs it, and pods to which the same policies apply
-/// share one set.
+/// The AuthorizationPolicy sets of one computation: the engine (compiled once, and reused by
+/// later computations while the policies do not change) selects each pod's policies, each policy
+/// is encoded once when a pod first needs it, and pods to which the same policies apply share one
+/// set.
 struct AuthzSets<'p> {
-    engine: AuthzEngine,
+    engine: Arc<AuthzEngine>,
     encoded: Vec<Option<Option<Any>>>,
     by_policies: HashMap<Vec<usize>, Arc<TypedResources>>,
     by_version: HashMap<String, Arc<TypedResources>>,
@@ -332,11 +348,9 @@ struct AuthzSets<'p> {
 
 impl<'p> AuthzSets<'p> {
     fn new(
-        inventory: &Inventory,
-        config: &MeshConfig,
+        engine: Arc<AuthzEngine>,
         previous: Option<&'p HashMap<String, Arc<TypedResources>>>,
     ) -> Self {
-        let engine = AuthzEngine::new(config, &inventory.authz_policies());
         let count = engine.policies().count();
         AuthzSets {
             engine,
@@ -361,7 +375,7 @@ impl<'p> AuthzSets<'p> {
         for &i in &applying {
             let slot = &mut self.encoded[i];
             if slot.is_none() {
-                let policy = self.engine.policies().nth(i);
+                let policy = self.engine.policy(i);
                 *slot = Some(
                     policy
                         .and_then(crate::policy::authz::wire::to_wire)
