@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # The one Palisade image: `palisade controller` (the control plane), `palisade init` (the
-# injected init container) and `palisade proxy` (the injected sidecar). Build: `make image`.
+# injected init container) and `palisade proxy` (the injected sidecar, which execs the
+# proxy-only `palisade-proxy` beside it). Build: `make image`.
 #
 # Runtime needs of the binary: glibc, libm and libgcc_s only (rustls with aws-lc-rs is built in;
 # no OpenSSL). `palisade init` additionally runs, as root in the pod's network namespace:
@@ -33,8 +34,9 @@ COPY tests tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
-    cargo build --release --locked --bin palisade \
-    && install -D -m 0755 target/release/palisade /out/palisade
+    cargo build --release --locked --bin palisade --bin palisade-proxy \
+    && install -D -m 0755 target/release/palisade /out/palisade \
+    && install -D -m 0755 target/release/palisade-proxy /out/palisade-proxy
 
 # ---- run: Debian slim with the iptables tools and nothing else added.
 FROM debian:${DEBIAN_RELEASE}-slim
@@ -57,7 +59,9 @@ RUN apt-get update \
     && groupadd --gid 1337 palisade \
     && useradd --uid 1337 --gid 1337 --no-create-home --home-dir /nonexistent \
                --shell /usr/sbin/nologin palisade
-COPY --from=build /out/palisade /usr/local/bin/palisade
+# `palisade proxy` (what the injector runs) execs palisade-proxy from the same directory: the
+# proxy alone, so the sidecar's resident memory is not the whole control plane's code.
+COPY --from=build /out/palisade /out/palisade-proxy /usr/local/bin/
 # Non-root by default (controller and proxy). The injected palisade-init container runs as
 # root because the pod's securityContext for it says runAsUser: 0.
 USER 1337:1337

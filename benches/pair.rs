@@ -232,8 +232,14 @@ fn run() -> anyhow::Result<()> {
         ("server", measure::pid_in(&direct_server.netns, "haproxy")?),
     ];
     setups[PALISADE].proxies = vec![
-        ("client", measure::pid_in(&mesh_client.netns, "palisade")?),
-        ("server", measure::pid_in(&mesh_server.netns, "palisade")?),
+        (
+            "client",
+            measure::pid_in(&mesh_client.netns, palisade::cli::proxy::DEDICATED_EXE)?,
+        ),
+        (
+            "server",
+            measure::pid_in(&mesh_server.netns, palisade::cli::proxy::DEDICATED_EXE)?,
+        ),
     ];
 
     if std::env::args().any(|a| a == "--hold") {

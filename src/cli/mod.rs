@@ -47,8 +47,16 @@ pub enum Command {
 }
 
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
+///
+/// `palisade proxy …` first replaces this process with the proxy-only executable installed
+/// next to this one (same arguments and environment; see [`proxy::exec_dedicated`]), and runs
+/// the proxy here only when there is none.
 pub fn main() -> ExitCode {
     init_tracing();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|arg| arg == "proxy") {
+        proxy::exec_dedicated(&argv);
+    }
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo(args) => demo::run(args),
@@ -60,6 +68,67 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
     };
+    exit_code(outcome)
+}
+
+/// The command line of the proxy-only executable (`palisade-proxy`): exactly `palisade
+/// proxy`'s, so the exec in [`main`] passes its arguments on unchanged and help reads the same.
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, about, long_about = None)]
+struct ProxyCli {
+    #[command(subcommand)]
+    command: ProxyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProxyCommand {
+    /// Run the sidecar proxy (started by the injector in every meshed pod).
+    Proxy(proxy::Args),
+}
+
+/// `main` of the proxy-only executable: it links only the proxy, so the sidecar maps and
+/// touches a fraction of the pages the full `palisade` executable would (docs/proxy.md).
+pub fn proxy_main() -> ExitCode {
+    init_proxy_tracing();
+    let ProxyCommand::Proxy(args) = ProxyCli::parse().command;
+    exit_code(proxy::run(args))
+}
+
+/// Logs for the proxy-only executable: `RUST_LOG` as a list of `target=level` directives
+/// (`info`, `palisade::proxy=debug,info`), read without `EnvFilter`, whose directive parser
+/// compiles regular expressions: the regex engine would be most of the code the sidecar maps
+/// only to start. Span and field directives are not supported there; such a `RUST_LOG` is
+/// reported and `info` used.
+fn init_proxy_tracing() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let wanted = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (filter, unreadable) = match wanted.as_deref().map(str::parse::<Targets>) {
+        None => (Targets::new().with_default(tracing::Level::INFO), None),
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(err)) => (Targets::new().with_default(tracing::Level::INFO), Some(err)),
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(filter)
+        .try_init();
+    if let Some(err) = unreadable {
+        tracing::warn!(
+            rust_log = wanted.as_deref().unwrap_or_default(),
+            error = %err,
+            "RUST_LOG is not a list of target=level directives; logging at info"
+        );
+    }
+}
+
+fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -293,6 +293,16 @@ impl Lab {
         text[start..].to_string()
     }
 
+    /// The process id of `name`, while the lab keeps it.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let state = self.cleanup.lock();
+        state
+            .processes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.id())
+    }
+
     /// Whether process `name` has exited (and how), without waiting.
     pub fn exited(&self, name: &str) -> Option<std::process::ExitStatus> {
         let mut state = self.cleanup.lock();

@@ -515,6 +515,18 @@ fn mesh_end_to_end() {
     );
     let (server_id, first_serial) = mesh::certificate(&server).expect("server /certs");
     assert_eq!(server_id, format!("spiffe://cluster.local/ns/{NS}/sa/web"));
+    // `palisade proxy`, started as the injector starts it, runs as the proxy-only executable.
+    let pid = mesh
+        .lab
+        .pid(&mesh::proxy_name("server"))
+        .expect("server proxy pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("/proc/<pid>/exe");
+    assert_eq!(
+        exe.file_name(),
+        Some(std::ffi::OsStr::new(palisade::cli::proxy::DEDICATED_EXE)),
+        "the server proxy runs {}",
+        exe.display()
+    );
 
     // 2. STRICT refuses plaintext, TLS without a client certificate, and a foreign CA.
     assert!(
