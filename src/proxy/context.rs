@@ -42,7 +42,7 @@ pub struct Timeouts {
     pub connect: Duration,
 }
 
-/// Most connections one listener keeps open (each costs a task, two 16 KiB copy buffers and
+/// Most connections one listener keeps open (each costs a task, two 32 KiB copy buffers and
 /// up to 16 KiB of detection buffer); beyond it new connections are closed on accept.
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
 
