@@ -52,10 +52,20 @@ pub enum Command {
 /// next to this one (same arguments and environment; see [`proxy::exec_dedicated`]), and runs
 /// the proxy here only when there is none.
 pub fn main() -> ExitCode {
-    init_tracing();
+    // Before anything else, so the proxy's start does not first set up this executable's logs.
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.get(1).is_some_and(|arg| arg == "proxy") {
-        proxy::exec_dedicated(&argv);
+    let not_execed = argv
+        .get(1)
+        .is_some_and(|arg| arg == "proxy")
+        .then(|| proxy::exec_dedicated(&argv))
+        .flatten();
+    init_tracing();
+    if let Some((exe, err)) = not_execed {
+        tracing::warn!(
+            exe = %exe.display(),
+            error = %err,
+            "could not start the proxy-only executable; running the proxy in this one"
+        );
     }
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -112,11 +122,8 @@ fn init_proxy_tracing() {
         Some(Ok(targets)) => (targets, None),
         Some(Err(err)) => (Targets::new().with_default(tracing::Level::INFO), Some(err)),
     };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = tracing_subscriber::registry()
-        .with(fmt)
+        .with(stderr_layer())
         .with(filter)
         .try_init();
     if let Some(err) = unreadable {
@@ -140,13 +147,25 @@ fn exit_code(outcome: anyhow::Result<()>) -> ExitCode {
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default `info`), so stdout stays machine-readable.
 fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer())
+        .with(filter)
+        .try_init();
+}
+
+/// The log output both executables use: text lines on stderr, coloured on a terminal.
+fn stderr_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 #[cfg(test)]

@@ -136,29 +136,19 @@ pub fn dedicated_exe_beside(current: &Path) -> Option<PathBuf> {
 /// Replaces this process with [`DEDICATED_EXE`] beside it, passing `argv` (from `palisade`
 /// on, so it parses exactly what `palisade proxy` would) and the environment unchanged. The
 /// proxy then runs from an executable a third of the size, whose resident pages are the
-/// proxy's alone. Returns only when there is no such file or the exec fails (logged); the
-/// caller then runs the proxy in this process, the same code either way.
-pub fn exec_dedicated(argv: &[OsString]) {
+/// proxy's alone. Returns only when there is no such file (`None`) or the exec failed (that
+/// executable and the error, for the caller to log once logging is set up); the caller then
+/// runs the proxy in this process, the same code either way.
+pub fn exec_dedicated(argv: &[OsString]) -> Option<(PathBuf, std::io::Error)> {
     use std::os::unix::process::CommandExt as _;
 
-    let Some(exe) = std::env::current_exe()
-        .ok()
-        .and_then(|current| dedicated_exe_beside(&current))
-    else {
-        return;
-    };
-    let Some((first, rest)) = argv.split_first() else {
-        return;
-    };
+    let exe = dedicated_exe_beside(&std::env::current_exe().ok()?)?;
+    let (first, rest) = argv.split_first()?;
     let err = std::process::Command::new(&exe)
         .arg0(first)
         .args(rest)
         .exec();
-    tracing::warn!(
-        exe = %exe.display(),
-        error = %err,
-        "could not start the proxy-only executable; running the proxy in this one"
-    );
+    Some((exe, err))
 }
 
 /// Runs the proxy until SIGTERM; exits 0 after draining.
